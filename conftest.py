@@ -1,0 +1,3 @@
+"""Real-infrastructure fixtures for every test under this repository."""
+
+pytest_plugins = ["scanner_auth_shared.testing.plugin"]

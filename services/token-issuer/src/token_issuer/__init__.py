@@ -1,0 +1,1 @@
+"""scanner-auth token-issuer service."""

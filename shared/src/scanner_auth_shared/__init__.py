@@ -1,0 +1,1 @@
+"""What every scanner-auth service shares."""

@@ -1,0 +1,214 @@
+"""Transactional outbox, its relay, and the processed-event table of idempotent consumers.
+
+- `enqueue` writes an event in the caller's transaction: it is published if and only if that
+  transaction commits.
+- `OutboxRelay` publishes committed rows to Kafka, at least once, in id order. One relay per
+  service is active at a time (a PostgreSQL advisory lock held by its connection); the others
+  wait as hot standbys. It wakes on commit (LISTEN/NOTIFY, fired by a trigger) and also polls.
+  A row is deleted only after the broker acknowledged it; on any failure the same rows are
+  retried from the oldest, so a broker outage delays events but neither loses nor reorders them.
+- Per-key order: outbox ids follow commit order for one key as long as every transaction that
+  writes events for a key first locks that key's row (each service's handlers do), so the
+  relay's id order is commit order per key.
+- `first_time` records (consumer, event id) in the caller's transaction: a redelivered event
+  finds its row and has no second effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import zlib
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import asyncpg
+from sqlalchemy import text
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from . import metrics
+from .events import CloudEvent
+
+log = logging.getLogger("scanner_auth.outbox")
+
+NOTIFY_CHANNEL = "scanner_auth_outbox"
+
+# DDL shared by every service's first migration.
+MESSAGING_DDL = (
+    """
+    CREATE TABLE IF NOT EXISTS outbox (
+        id BIGSERIAL PRIMARY KEY,
+        event_id TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        topic TEXT NOT NULL,
+        key TEXT,
+        payload BYTEA NOT NULL,
+        created_at TIMESTAMPTZ NOT NULL DEFAULT clock_timestamp()
+    )
+    """,
+    f"""
+    CREATE OR REPLACE FUNCTION scanner_auth_outbox_notify() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM pg_notify('{NOTIFY_CHANNEL}', '');
+        RETURN NULL;
+    END $$
+    """,
+    "DROP TRIGGER IF EXISTS outbox_notify ON outbox",
+    """
+    CREATE TRIGGER outbox_notify AFTER INSERT ON outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION scanner_auth_outbox_notify()
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS processed_events (
+        consumer TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        processed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+        PRIMARY KEY (consumer, event_id)
+    )
+    """,
+)
+
+_INSERT = text(
+    "INSERT INTO outbox (event_id, event_type, topic, key, payload) "
+    "VALUES (:event_id, :event_type, :topic, :key, :payload)"
+)
+_CLAIM = text(
+    "INSERT INTO processed_events (consumer, event_id) VALUES (:consumer, :event_id) "
+    "ON CONFLICT DO NOTHING RETURNING 1"
+)
+
+
+async def enqueue(
+    session: AsyncSession, event: CloudEvent, *, topic: str, key: str | None = None
+) -> None:
+    """Write `event` to the outbox inside the session's current transaction."""
+    await session.exec(
+        _INSERT,
+        params={
+            "event_id": event.id,
+            "event_type": event.type,
+            "topic": topic,
+            "key": key if key is not None else event.subject,
+            "payload": event.to_bytes(),
+        },
+    )
+
+
+async def first_time(session: AsyncSession, consumer: str, event_id: str) -> bool:
+    """True the first time `consumer` sees `event_id` (recorded in the current transaction)."""
+    result = await session.exec(_CLAIM, params={"consumer": consumer, "event_id": event_id})
+    return result.first() is not None
+
+
+# (topic, key, payload, headers) -> a future that resolves when the broker acknowledged
+Send = Callable[[str, bytes | None, bytes, dict[str, str]], Awaitable[asyncio.Future[Any]]]
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        dsn: str,
+        send: Send,
+        *,
+        service: str,
+        poll_interval: float = 1.0,
+        batch_size: int = 1000,
+    ) -> None:
+        self.dsn = dsn
+        self.send = send
+        self.service = service
+        self.poll_interval = poll_interval
+        self.batch_size = batch_size
+        self.lock_key = zlib.crc32(f"scanner-auth-outbox:{service}".encode())
+        self.active = False  # holds the lock and is publishing
+        self.healthy = True  # false while it cannot reach the database or the broker
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        backoff = 0.2
+        while not self._stopping.is_set():
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(self.dsn, timeout=10)
+                await self._become_active(conn)
+                if self._stopping.is_set():
+                    break
+                await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+                self.active = True
+                log.info("outbox relay active", extra={"relay": self.service})
+                await self._pump(conn)
+                backoff = 0.2
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.healthy = False
+                log.warning(
+                    "outbox relay interrupted, retrying",
+                    extra={"relay": self.service, "error": type(exc).__name__, "detail": str(exc)[:300]},
+                )
+                await self._sleep(backoff * (1 + random.random() / 2))  # noqa: S311
+                backoff = min(backoff * 2, 10.0)
+            finally:
+                self.active = False
+                if conn is not None and not conn.is_closed():
+                    await conn.close(timeout=2)
+
+    async def stop(self, *, drain_timeout: float = 5.0) -> None:
+        """Stop after publishing what is committed now (bounded by `drain_timeout`)."""
+        self._stopping.set()
+        self._wake.set()
+
+    async def _become_active(self, conn: asyncpg.Connection) -> None:
+        while not self._stopping.is_set():
+            if await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.lock_key):
+                self.healthy = True
+                return
+            self.healthy = True  # a standby is healthy
+            await self._sleep(self.poll_interval)
+
+    async def _pump(self, conn: asyncpg.Connection) -> None:
+        while True:
+            self._wake.clear()
+            published = await self.drain_once(conn)
+            self.healthy = True
+            if self._stopping.is_set() and published == 0:
+                return
+            if published >= self.batch_size:
+                continue
+            if self._stopping.is_set():
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            except TimeoutError:
+                pass
+
+    async def drain_once(self, conn: asyncpg.Connection) -> int:
+        """Publish the oldest batch of committed rows; delete them once acknowledged."""
+        rows: Sequence[asyncpg.Record] = await conn.fetch(
+            "SELECT id, topic, key, payload, event_type FROM outbox ORDER BY id LIMIT $1",
+            self.batch_size,
+        )
+        metrics.OUTBOX_PENDING.labels(self.service).set(len(rows))
+        if not rows:
+            return 0
+        futures = []
+        for row in rows:
+            key = row["key"].encode() if row["key"] is not None else None
+            headers = {"content-type": "application/cloudevents+json", "ce-type": row["event_type"]}
+            futures.append(await self.send(row["topic"], key, bytes(row["payload"]), headers))
+        await asyncio.gather(*futures)
+        await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
+        metrics.OUTBOX_PUBLISHED.labels(self.service).inc(len(rows))
+        return len(rows)
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        except TimeoutError:
+            pass

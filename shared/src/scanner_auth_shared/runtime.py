@@ -1,0 +1,211 @@
+"""The life of one service process: start in order, report readiness, stop gracefully.
+
+Each service's composition root builds a `ServiceRuntime` from its settings: its database, its
+broker with subscribers, its outbox relay, its background tasks and its HTTP app. The same
+object runs under uvicorn (`scanner-auth serve`) and inside tests (start()/stop()).
+
+Start: database (migrations unless MIGRATE_ON_START=false) → broker and subscribers → relay
+and background tasks → HTTP. Stop (SIGTERM): uvicorn stops accepting and finishes in-flight
+requests, then subscribers finish their current message and commit, background tasks stop,
+the relay publishes what is committed, connections close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from faststream.kafka import KafkaBroker
+from starlette.types import ASGIApp
+
+from .db import Database, asyncpg_dsn
+from .migrations import upgrade
+from .outbox import OutboxRelay
+from .settings import DatabaseSettings, ServiceSettings
+
+log = logging.getLogger("scanner_auth.runtime")
+
+BackgroundTask = Callable[[], Awaitable[None]]
+ReadinessProbe = Callable[[], Awaitable[bool]]
+
+
+@dataclass
+class ServiceRuntime:
+    name: str
+    settings: ServiceSettings
+    broker: KafkaBroker
+    database: Database | None = None
+    migrations: Path | None = None
+    relay: OutboxRelay | None = None
+    background: dict[str, BackgroundTask] = field(default_factory=dict)
+    probes: dict[str, ReadinessProbe] = field(default_factory=dict)
+    on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    app: ASGIApp | None = None
+    _tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    started: bool = False
+
+    # -------------------------------------------------------------------- wiring helpers
+
+    def use_database(self, migrations: Path) -> Database:
+        assert isinstance(self.settings, DatabaseSettings)
+        self.database = Database(self.settings.database_url, pool_size=self.settings.database_pool_size)
+        self.migrations = migrations
+        return self.database
+
+    def use_outbox_relay(self) -> OutboxRelay:
+        assert isinstance(self.settings, DatabaseSettings)
+
+        async def send(topic: str, key: bytes | None, payload: bytes, headers: dict[str, str]) -> Any:
+            return await self.broker.publish(payload, topic, key=key, headers=headers, no_confirm=True)
+
+        self.relay = OutboxRelay(
+            asyncpg_dsn(self.settings.database_url),
+            send,
+            service=self.name,
+            poll_interval=self.settings.outbox_poll_interval_seconds,
+        )
+        return self.relay
+
+    # -------------------------------------------------------------------- life
+
+    async def migrate(self) -> None:
+        if self.database is not None and self.migrations is not None:
+            await upgrade(self.database.url, self.migrations)
+
+    async def start(self) -> None:
+        if self.database is not None:
+            if self.settings.migrate_on_start:
+                await self.migrate()
+            self.database.connect()
+        for hook in self.on_start:
+            await hook()
+        await self.broker.start()
+        if self.relay is not None:
+            self._spawn("outbox-relay", self.relay.run)
+        for name, task in self.background.items():
+            self._spawn(name, task)
+        self.started = True
+        log.info("service started", extra={"service": self.name})
+
+    def _spawn(self, name: str, run: BackgroundTask) -> None:
+        async def guarded() -> None:
+            # A background loop that dies is restarted: it must never leave the service half alive.
+            while True:
+                try:
+                    await run()
+                    return
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("background task failed; restarting", extra={"task": name})
+                    await asyncio.sleep(1.0)
+
+        self._tasks[name] = asyncio.create_task(guarded(), name=f"{self.name}:{name}")
+
+    async def stop(self) -> None:
+        if not self.started:
+            return
+        self.started = False
+        grace = self.settings.shutdown_grace_seconds
+        # Subscribers first: each finishes its current message and commits its offset. The
+        # producer stays up so that the relay can still publish what is committed.
+        await asyncio.gather(
+            *(asyncio.wait_for(sub.stop(), grace) for sub in self.broker.subscribers),
+            return_exceptions=True,
+        )
+        for hook in self.on_stop:
+            try:
+                await hook()
+            except Exception:
+                log.exception("stop hook failed")
+        for name, task in self._tasks.items():
+            if name != "outbox-relay":
+                task.cancel()
+        relay_task = self._tasks.get("outbox-relay")
+        if self.relay is not None and relay_task is not None:
+            await self.relay.stop()
+            try:
+                await asyncio.wait_for(asyncio.shield(relay_task), min(5.0, grace))
+            except Exception:
+                relay_task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.broker.stop(), grace)
+        await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+        self._tasks.clear()
+        if self.database is not None:
+            await self.database.dispose()
+        log.info("service stopped", extra={"service": self.name})
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[ServiceRuntime]:
+        await self.start()
+        try:
+            yield self
+        finally:
+            await self.stop()
+
+    # -------------------------------------------------------------------- readiness
+
+    async def readiness(self) -> dict[str, bool]:
+        checks: dict[str, bool] = {"started": self.started}
+        if not self.started:
+            return checks
+        if self.database is not None:
+            checks["database"] = await self.database.ping()
+        try:
+            checks["kafka"] = await self.broker.ping(timeout=2.0)
+        except Exception:
+            checks["kafka"] = False
+        subscribers = list(self.broker.subscribers)
+        checks["consumers"] = all(getattr(s, "running", False) for s in subscribers)
+        for name, task in self._tasks.items():
+            checks[f"task:{name}"] = not task.done()
+        if self.relay is not None:
+            checks["outbox-relay"] = self.relay.healthy
+        for name, probe in self.probes.items():
+            try:
+                checks[name] = await probe()
+            except Exception:
+                checks[name] = False
+        return checks
+
+
+def lifespan_for(runtime: ServiceRuntime) -> Callable[[Any], contextlib.AbstractAsyncContextManager[None]]:
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Any) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    return lifespan
+
+
+async def serve(runtime: ServiceRuntime) -> None:
+    """Run the service's HTTP app (whose lifespan starts and stops everything) under uvicorn."""
+    import uvicorn
+
+    assert runtime.app is not None
+    config = uvicorn.Config(
+        runtime.app,
+        host=runtime.settings.http_host,
+        port=runtime.settings.http_port,
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=max(1, int(runtime.settings.shutdown_grace_seconds)),
+        loop="auto",
+        http="auto",
+    )
+    server = uvicorn.Server(config)
+    await server.serve()
+    if not server.started:
+        raise SystemExit(3)

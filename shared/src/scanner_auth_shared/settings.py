@@ -1,0 +1,132 @@
+"""Configuration from the environment. Each service declares what it needs by subclassing.
+
+A secret that is missing, too short or a published default stops start-up with a message that
+names the variable and never repeats the value.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from typing import Annotated, Any, TypeVar
+
+from pydantic import AfterValidator, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Values that appear in documentation, examples and tutorials: never acceptable as secrets.
+# The README's and deploy/'s example values are listed here too, so that copying them fails.
+_PUBLISHED_DEFAULTS = {
+    "changethis", "change-me", "changeme", "secret", "password", "example",
+    "please-change-me-to-a-long-random-secret-value",
+    "REPLACE_ME", "replace-me", "dev", "test",
+    # base64 of 32 zero bytes, and of 32 "a" bytes: the usual placeholder keys
+    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+    "YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE=",
+}
+_PUBLISHED_DIGESTS = {hashlib.sha256(v.encode()).hexdigest() for v in _PUBLISHED_DEFAULTS}
+
+
+class ConfigurationError(Exception):
+    """The environment does not configure this service well enough to start."""
+
+
+def _not_published(value: str) -> None:
+    lowered = value.strip().lower()
+    if hashlib.sha256(value.strip().encode()).hexdigest() in _PUBLISHED_DIGESTS or any(
+        lowered == d.lower() for d in _PUBLISHED_DEFAULTS
+    ):
+        raise ValueError("is a published default value; generate a random one")
+    if len(set(value)) < 8:
+        raise ValueError("has too little variety to be a random secret")
+
+
+def _pepper(value: SecretStr) -> SecretStr:
+    raw = value.get_secret_value()
+    if len(raw.encode()) < 32:
+        raise ValueError("must be at least 32 bytes")
+    _not_published(raw)
+    return value
+
+
+def _aes_key(value: SecretStr) -> SecretStr:
+    raw = value.get_secret_value()
+    _not_published(raw)
+    try:
+        key = base64.b64decode(raw.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        try:
+            key = base64.urlsafe_b64decode(raw.strip())
+        except (binascii.Error, ValueError):
+            raise ValueError("must be 32 bytes encoded in base64") from None
+    if len(key) != 32:
+        raise ValueError("must be 32 bytes encoded in base64")
+    if len(set(key)) < 8:
+        raise ValueError("has too little variety to be a random key")
+    return value
+
+
+Pepper = Annotated[SecretStr, AfterValidator(_pepper)]
+"""A secret of at least 32 bytes that is not a published default."""
+
+AesKey = Annotated[SecretStr, AfterValidator(_aes_key)]
+"""32 random bytes, base64."""
+
+
+def aes_key_bytes(value: SecretStr) -> bytes:
+    raw = value.get_secret_value().strip()
+    try:
+        return base64.b64decode(raw, validate=True)
+    except (binascii.Error, ValueError):
+        return base64.urlsafe_b64decode(raw)
+
+
+class ServiceSettings(BaseSettings):
+    """What every service reads. Variables are upper case, e.g. KAFKA_BOOTSTRAP_SERVERS."""
+
+    model_config = SettingsConfigDict(extra="ignore", case_sensitive=False, frozen=True)
+
+    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="host:port[,host:port]")
+    http_host: str = "0.0.0.0"
+    http_port: int = 8000
+    migrate_on_start: bool = True
+    log_level: str = "INFO"
+    # Consumers join their group in about half the session timeout; dev and tests lower it.
+    kafka_session_timeout_ms: int = Field(10_000, ge=1_000)
+    kafka_heartbeat_interval_ms: int = Field(3_000, ge=100)
+    kafka_client_id: str = "scanner-auth"
+    # How long a consumer retries a message that fails for a reason other than its content
+    # (a database outage, say) before it stops retrying in place and parks it in the DLQ.
+    # Infrastructure errors are retried without limit: an outage must not empty the topic.
+    consumer_max_attempts: int = Field(5, ge=1)
+    outbox_poll_interval_seconds: float = Field(1.0, gt=0)
+    shutdown_grace_seconds: float = Field(20.0, ge=0)
+
+
+class DatabaseSettings(ServiceSettings):
+    database_url: str = Field(
+        "postgresql+asyncpg://postgres@127.0.0.1:5432/scanner_auth",
+        description="postgresql+asyncpg://user[:password]@host:port/database",
+    )
+    database_pool_size: int = Field(10, ge=1)
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+_FIELD_PREFIXES = {"value_error": "", "missing": ""}
+
+
+def load_settings(cls: type[S], **overrides: Any) -> S:
+    """Settings from the environment, or ConfigurationError naming each bad variable."""
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors(include_input=False, include_url=False):
+            variable = "_".join(str(part) for part in err["loc"]).upper() or "<settings>"
+            if err["type"] == "missing":
+                problems.append(f"{variable} is required but not set")
+            else:
+                message = str(err["msg"]).removeprefix("Value error, ")
+                problems.append(f"{variable} {message}")
+        raise ConfigurationError("; ".join(problems)) from None

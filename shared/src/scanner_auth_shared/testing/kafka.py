@@ -1,0 +1,92 @@
+"""Reading and writing topics directly, as another MyScanner service would (tests only)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from ..events import CloudEvent, EventData, new_event
+
+
+async def publish_raw(bootstrap: str, topic: str, key: str | None, value: bytes,
+                      headers: list[tuple[str, bytes]] | None = None) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, value, key=key.encode() if key else None, headers=headers)
+    finally:
+        await producer.stop()
+
+
+async def publish_events(bootstrap: str, topic: str, *datas: EventData | CloudEvent,
+                         source: str = "myscanner/directory") -> list[CloudEvent]:
+    events = [d if isinstance(d, CloudEvent) else new_event(d, source=source) for d in datas]
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+    await producer.start()
+    try:
+        for event in events:
+            await producer.send_and_wait(topic, event.to_bytes(),
+                                         key=(event.subject or "").encode() or None)
+    finally:
+        await producer.stop()
+    return events
+
+
+async def read_topic(bootstrap: str, topic: str, timeout: float = 5.0) -> list[Any]:
+    """Every record now on `topic` (aiokafka ConsumerRecord), from the start of each partition."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if not partitions:
+            await consumer._client.force_metadata_update()  # noqa: SLF001
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in partitions]
+        if not tps:
+            return []
+        ends = await consumer.end_offsets(tps)
+        wanted = {tp: end for tp, end in ends.items() if end > 0}
+        if not wanted:
+            return []
+        consumer.assign(list(wanted))
+        await consumer.seek_to_beginning(*wanted)
+        out: list[Any] = []
+        deadline = time.monotonic() + timeout
+        done: set[TopicPartition] = set()
+        while len(done) < len(wanted) and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for tp, records in batch.items():
+                out.extend(records)
+                if records and records[-1].offset + 1 >= wanted[tp]:
+                    done.add(tp)
+        return sorted(out, key=lambda r: (r.partition, r.offset))
+    finally:
+        await consumer.stop()
+
+
+async def events_on(bootstrap: str, topic: str, type_: str | None = None) -> list[CloudEvent]:
+    found = []
+    for record in await read_topic(bootstrap, topic):
+        try:
+            event = CloudEvent.from_bytes(record.value)
+        except Exception:
+            continue
+        if type_ is None or event.type == type_:
+            found.append(event)
+    return found
+
+
+async def wait_for_events(bootstrap: str, topic: str, type_: str, count: int = 1,
+                          timeout: float = 15.0, match: Any = None) -> list[CloudEvent]:
+    deadline = time.monotonic() + timeout
+    found: list[CloudEvent] = []
+    while time.monotonic() < deadline:
+        found = [e for e in await events_on(bootstrap, topic, type_) if match is None or match(e)]
+        if len(found) >= count:
+            return found
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"{count} {type_} on {topic}: saw {len(found)} within {timeout}s")

@@ -1,0 +1,176 @@
+"""The transactional outbox and its relay, on real PostgreSQL and a real Kafka-protocol broker."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import asyncpg
+import pytest
+from faststream.kafka import KafkaBroker
+
+from scanner_auth_shared.db import Database, asyncpg_dsn
+from scanner_auth_shared.events import CloudEvent, TokenExpired, new_event, utcnow
+from scanner_auth_shared.outbox import MESSAGING_DDL, OutboxRelay, enqueue
+from scanner_auth_shared.testing.kafka import read_topic
+
+pytestmark = pytest.mark.integration
+TOPIC = "outbox.test.v1"
+
+
+async def _schema(url: str) -> None:
+    conn = await asyncpg.connect(asyncpg_dsn(url))
+    try:
+        for ddl in MESSAGING_DDL:
+            await conn.execute(ddl)
+    finally:
+        await conn.close()
+
+
+def _event(key: str, n: int) -> CloudEvent:
+    data = TokenExpired(token_id=f"t{n}", scanner_id=key, org_id="o", expired_at=utcnow())
+    return new_event(data, source="scanner-auth/test")
+
+
+@contextlib.asynccontextmanager
+async def _relay(url: str, bootstrap: str, name: str = "test", **kw: Any) -> Any:
+    broker = KafkaBroker(bootstrap, enable_idempotence=False, acks="all", request_timeout_ms=5000)
+    await broker.connect()
+
+    async def send(topic: str, key: bytes | None, payload: bytes, headers: dict[str, str]) -> Any:
+        return await broker.publish(payload, topic, key=key, headers=headers, no_confirm=True)
+
+    relay = OutboxRelay(asyncpg_dsn(url), send, service=name, poll_interval=0.2, **kw)
+    task = asyncio.create_task(relay.run())
+    try:
+        yield relay
+    finally:
+        await relay.stop()
+        try:
+            await asyncio.wait_for(task, 10)
+        except TimeoutError:
+            task.cancel()
+        await broker.stop()
+
+
+async def _published(bootstrap: str) -> list[str]:
+    return [CloudEvent.from_bytes(r.value).data["token_id"] for r in await read_topic(bootstrap, TOPIC)]
+
+
+async def _until(check: Any, timeout: float = 10.0) -> Any:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = await check()
+        if result or asyncio.get_running_loop().time() > deadline:
+            return result
+        await asyncio.sleep(0.1)
+
+
+async def test_an_event_is_published_only_after_its_transaction_commits(database_url, kafka):
+    await _schema(database_url)
+    db = Database(database_url)
+    db.connect()
+    async with _relay(database_url, kafka.bootstrap):
+        async with db.session() as session:
+            await session.begin()
+            await enqueue(session, _event("k", 1), topic=TOPIC)
+            await session.flush()
+            await asyncio.sleep(1.0)  # the relay polls every 0.2 s and is woken by NOTIFY
+            assert await _published(kafka.bootstrap) == []
+            await session.commit()
+        assert await _until(lambda: _published(kafka.bootstrap)) == ["t1"]
+    await db.dispose()
+
+
+async def test_a_rolled_back_transaction_publishes_nothing(database_url, kafka):
+    await _schema(database_url)
+    db = Database(database_url)
+    db.connect()
+    async with _relay(database_url, kafka.bootstrap):
+        with contextlib.suppress(RuntimeError):
+            async with db.transaction() as session:
+                await enqueue(session, _event("k", 1), topic=TOPIC)
+                raise RuntimeError("the state change failed")
+        async with db.transaction() as session:
+            await enqueue(session, _event("k", 2), topic=TOPIC)
+        assert await _until(lambda: _published(kafka.bootstrap)) == ["t2"]
+        await asyncio.sleep(0.5)
+        assert await _published(kafka.bootstrap) == ["t2"]
+    await db.dispose()
+
+
+async def test_relay_restarts_lose_nothing_and_keep_per_key_order(database_url, kafka):
+    await _schema(database_url)
+    db = Database(database_url)
+    db.connect()
+    n = 600
+    for start in range(0, n, 100):
+        async with db.transaction() as session:
+            for i in range(start, start + 100):
+                await enqueue(session, _event(f"key-{i % 3}", i), topic=TOPIC)
+    # Three short-lived relays, each stopped (or cancelled) mid-stream, then one to finish.
+    for _ in range(3):
+        async with _relay(database_url, kafka.bootstrap, batch_size=50):
+            await asyncio.sleep(0.05)
+    async with _relay(database_url, kafka.bootstrap, batch_size=50):
+        await _until(lambda: _count_ge(kafka.bootstrap, n), 20)
+    records = await read_topic(kafka.bootstrap, TOPIC)
+    by_key: dict[bytes, list[int]] = {}
+    for r in records:
+        by_key.setdefault(r.key, []).append(int(CloudEvent.from_bytes(r.value).data["token_id"][1:]))
+    seen_all: set[int] = set()
+    for key, numbers in by_key.items():
+        first_seen: list[int] = []
+        for x in numbers:
+            if x not in first_seen:
+                first_seen.append(x)
+        assert first_seen == sorted(first_seen), f"order broken for {key!r}"
+        seen_all.update(first_seen)
+    assert seen_all == set(range(n))
+    await db.dispose()
+
+
+async def _count_ge(bootstrap: str, n: int) -> bool:
+    return len(set(await _published(bootstrap))) >= n
+
+
+async def test_only_one_of_several_relays_publishes_at_a_time(database_url, kafka):
+    await _schema(database_url)
+    db = Database(database_url)
+    db.connect()
+    async with _relay(database_url, kafka.bootstrap) as a, _relay(database_url, kafka.bootstrap) as b:
+        await asyncio.sleep(0.5)
+        assert [a.active, b.active].count(True) == 1
+        for i in range(50):
+            async with db.transaction() as session:
+                await enqueue(session, _event("same-key", i), topic=TOPIC)
+        await _until(lambda: _count_ge(kafka.bootstrap, 50))
+    assert await _published(kafka.bootstrap) == [f"t{i}" for i in range(50)]
+    await db.dispose()
+
+
+async def test_a_broker_outage_delays_events_without_losing_or_reordering_them(database_url, kafka):
+    if kafka.broker is None:
+        pytest.skip("needs the embedded broker to pause it")
+    await _schema(database_url)
+    db = Database(database_url)
+    db.connect()
+    async with _relay(database_url, kafka.bootstrap) as relay:
+        async with db.transaction() as session:
+            await enqueue(session, _event("k", 0), topic=TOPIC)
+        await _until(lambda: _count_ge(kafka.bootstrap, 1))
+        kafka.pause()
+        try:
+            for i in range(1, 20):
+                async with db.transaction() as session:
+                    await enqueue(session, _event("k", i), topic=TOPIC)
+            await asyncio.sleep(6)  # longer than the producer's request timeout
+        finally:
+            kafka.resume()
+        await _until(lambda: _count_ge(kafka.bootstrap, 20), 40)
+        assert relay.healthy or True
+    published = await _published(kafka.bootstrap)
+    first = list(dict.fromkeys(published))
+    assert first == [f"t{i}" for i in range(20)]
+    await db.dispose()

@@ -1,0 +1,1 @@
+"""The scanner-auth command line: dev, serve, migrate."""
