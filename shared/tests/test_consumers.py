@@ -10,8 +10,14 @@ from faststream.kafka import KafkaBroker
 from sqlalchemy import text
 
 from scanner_auth_shared.db import Database, asyncpg_dsn
-from scanner_auth_shared.events import (DIRECTORY_TOPIC, CloudEvent, EventData, ScannerRegistered,
-                                        dlq_topic, new_event)
+from scanner_auth_shared.events import (
+    DIRECTORY_TOPIC,
+    CloudEvent,
+    EventData,
+    ScannerRegistered,
+    dlq_topic,
+    new_event,
+)
 from scanner_auth_shared.messaging import create_broker, subscribe_events
 from scanner_auth_shared.outbox import MESSAGING_DDL, first_time
 from scanner_auth_shared.settings import ServiceSettings
@@ -26,17 +32,25 @@ async def _setup(url: str) -> None:
     try:
         for ddl in MESSAGING_DDL:
             await conn.execute(ddl)
-        await conn.execute("CREATE TABLE effects (scanner_id TEXT, applied_at TIMESTAMPTZ DEFAULT now())")
+        await conn.execute(
+            "CREATE TABLE effects (scanner_id TEXT, applied_at TIMESTAMPTZ DEFAULT now())"
+        )
     finally:
         await conn.close()
 
 
 def _registered(n: int, serial: str = "LVS-1") -> ScannerRegistered:
-    return ScannerRegistered(scanner_id=f"sc-{n}", org_id="org", serial_number=serial, name="n", model="LVS")
+    return ScannerRegistered(
+        scanner_id=f"sc-{n}", org_id="org", serial_number=serial, name="n", model="LVS"
+    )
 
 
-async def _consumer(url: str, bootstrap: str, fail_times: int = 0) -> tuple[KafkaBroker, Database, list[str]]:
-    settings = ServiceSettings(kafka_bootstrap_servers=bootstrap, consumer_max_attempts=3, **FAST_CONSUMERS)
+async def _consumer(
+    url: str, bootstrap: str, fail_times: int = 0
+) -> tuple[KafkaBroker, Database, list[str]]:
+    settings = ServiceSettings(
+        kafka_bootstrap_servers=bootstrap, consumer_max_attempts=3, **FAST_CONSUMERS
+    )
     db = Database(url)
     db.connect()
     broker = create_broker(settings, "test")
@@ -51,11 +65,20 @@ async def _consumer(url: str, bootstrap: str, fail_times: int = 0) -> tuple[Kafk
             raise RuntimeError("a bug that does not go away")
         async with db.transaction() as session:
             if await first_time(session, "test", event.id):
-                await session.exec(text("INSERT INTO effects (scanner_id) VALUES (:s)"),
-                                   params={"s": data.scanner_id})
+                await session.exec(
+                    text("INSERT INTO effects (scanner_id) VALUES (:s)"),
+                    params={"s": data.scanner_id},
+                )
 
-    subscribe_events(broker, settings, topic=DIRECTORY_TOPIC, consumer="test", group_id="test",
-                     handler=handle, types={"ScannerRegistered"})
+    subscribe_events(
+        broker,
+        settings,
+        topic=DIRECTORY_TOPIC,
+        consumer="test",
+        group_id="test",
+        handler=handle,
+        types={"ScannerRegistered"},
+    )
     await broker.start()
     return broker, db, seen
 
@@ -63,7 +86,9 @@ async def _consumer(url: str, bootstrap: str, fail_times: int = 0) -> tuple[Kafk
 async def _effects(url: str) -> list[str]:
     conn = await asyncpg.connect(asyncpg_dsn(url))
     try:
-        return [r[0] for r in await conn.fetch("SELECT scanner_id FROM effects ORDER BY applied_at")]
+        return [
+            r[0] for r in await conn.fetch("SELECT scanner_id FROM effects ORDER BY applied_at")
+        ]
     finally:
         await conn.close()
 
@@ -101,7 +126,9 @@ async def test_poison_messages_reach_the_dlq_and_the_consumer_carries_on(databas
     broker, db, _ = await _consumer(database_url, kafka.bootstrap, fail_times=99)
     try:
         await publish_raw(kafka.bootstrap, DIRECTORY_TOPIC, "x", b"not json at all")
-        bad_data = CloudEvent(type="ScannerRegistered", source="s", subject="x", data={"scanner_id": 5})
+        bad_data = CloudEvent(
+            type="ScannerRegistered", source="s", subject="x", data={"scanner_id": 5}
+        )
         await publish_raw(kafka.bootstrap, DIRECTORY_TOPIC, "x", bad_data.to_bytes())
         await publish_events(kafka.bootstrap, DIRECTORY_TOPIC, _registered(3, serial="BOOM"))
         await publish_events(kafka.bootstrap, DIRECTORY_TOPIC, _registered(4))
@@ -127,8 +154,12 @@ async def test_an_unknown_event_type_is_skipped_not_dead_lettered(database_url, 
     await _setup(database_url)
     broker, db, _ = await _consumer(database_url, kafka.bootstrap)
     try:
-        await publish_raw(kafka.bootstrap, DIRECTORY_TOPIC, "x",
-                          CloudEvent(type="ScannerRenamed", source="s", data={}).to_bytes())
+        await publish_raw(
+            kafka.bootstrap,
+            DIRECTORY_TOPIC,
+            "x",
+            CloudEvent(type="ScannerRenamed", source="s", data={}).to_bytes(),
+        )
         await publish_events(kafka.bootstrap, DIRECTORY_TOPIC, _registered(5))
         assert await _eventually(lambda: _has(database_url, "sc-5"))
         assert await read_topic(kafka.bootstrap, dlq_topic(DIRECTORY_TOPIC)) == []

@@ -55,7 +55,9 @@ async def _relay(url: str, bootstrap: str, name: str = "test", **kw: Any) -> Any
 
 
 async def _published(bootstrap: str) -> list[str]:
-    return [CloudEvent.from_bytes(r.value).data["token_id"] for r in await read_topic(bootstrap, TOPIC)]
+    return [
+        CloudEvent.from_bytes(r.value).data["token_id"] for r in await read_topic(bootstrap, TOPIC)
+    ]
 
 
 async def _until(check: Any, timeout: float = 10.0) -> Any:
@@ -118,7 +120,9 @@ async def test_relay_restarts_lose_nothing_and_keep_per_key_order(database_url, 
     records = await read_topic(kafka.bootstrap, TOPIC)
     by_key: dict[bytes, list[int]] = {}
     for r in records:
-        by_key.setdefault(r.key, []).append(int(CloudEvent.from_bytes(r.value).data["token_id"][1:]))
+        by_key.setdefault(r.key, []).append(
+            int(CloudEvent.from_bytes(r.value).data["token_id"][1:])
+        )
     seen_all: set[int] = set()
     for key, numbers in by_key.items():
         first_seen: list[int] = []
@@ -139,7 +143,10 @@ async def test_only_one_of_several_relays_publishes_at_a_time(database_url, kafk
     await _schema(database_url)
     db = Database(database_url)
     db.connect()
-    async with _relay(database_url, kafka.bootstrap) as a, _relay(database_url, kafka.bootstrap) as b:
+    async with (
+        _relay(database_url, kafka.bootstrap) as a,
+        _relay(database_url, kafka.bootstrap) as b,
+    ):
         await asyncio.sleep(0.5)
         assert [a.active, b.active].count(True) == 1
         for i in range(50):
@@ -169,7 +176,7 @@ async def test_a_broker_outage_delays_events_without_losing_or_reordering_them(d
         finally:
             kafka.resume()
         await _until(lambda: _count_ge(kafka.bootstrap, 20), 40)
-        assert relay.healthy or True
+        assert relay.active
     published = await _published(kafka.bootstrap)
     first = list(dict.fromkeys(published))
     assert first == [f"t{i}" for i in range(20)]

@@ -18,23 +18,46 @@ from starlette.routing import BaseRoute
 from .http import MetricsMiddleware, ProblemResponse, ops_routes
 from .runtime import ServiceRuntime, lifespan_for
 
-_TITLES = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
-           405: "Method Not Allowed", 409: "Conflict", 413: "Content Too Large",
-           415: "Unsupported Media Type", 422: "Unprocessable Content",
-           429: "Too Many Requests", 503: "Service Unavailable"}
+_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    429: "Too Many Requests",
+    503: "Service Unavailable",
+}
 
 
-def problem(status: int, detail: str | None = None, *, title: str | None = None,
-            headers: dict[str, str] | None = None, **extensions: Any) -> ProblemResponse:
-    return ProblemResponse(status, title or _TITLES.get(status, "Error"), detail,
-                           headers=headers, **extensions)
+def problem(
+    status: int,
+    detail: str | None = None,
+    *,
+    title: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extensions: Any,
+) -> ProblemResponse:
+    return ProblemResponse(
+        status, title or _TITLES.get(status, "Error"), detail, headers=headers, **extensions
+    )
 
 
 class Problem(HTTPException):
     """Raise from a route: becomes an application/problem+json response."""
 
-    def __init__(self, status: int, detail: str | None = None, *, title: str | None = None,
-                 headers: dict[str, str] | None = None, **extensions: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        detail: str | None = None,
+        *,
+        title: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extensions: Any,
+    ) -> None:
         super().__init__(status_code=status, detail=detail, headers=headers)
         self.title = title
         self.extensions = extensions
@@ -42,27 +65,48 @@ class Problem(HTTPException):
 
 async def _http_exception(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
+    headers = dict(exc.headers) if exc.headers else None
     if isinstance(exc, Problem):
-        return problem(exc.status_code, exc.detail, title=exc.title, headers=exc.headers,
-                       **exc.extensions)
-    return problem(exc.status_code, exc.detail if isinstance(exc.detail, str) else None,
-                   headers=getattr(exc, "headers", None))
+        return problem(
+            exc.status_code, exc.detail, title=exc.title, headers=headers, **exc.extensions
+        )
+    detail = exc.detail if isinstance(exc.detail, str) else None
+    return problem(exc.status_code, detail, headers=headers)
 
 
 async def _validation_error(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     # Never echo the input: a malformed body may still carry a code or credential.
-    errors = [{"loc": [str(p) for p in e.get("loc", ())], "msg": e.get("msg", ""),
-               "type": e.get("type", "")} for e in exc.errors()]
+    errors = [
+        {
+            "loc": [str(p) for p in e.get("loc", ())],
+            "msg": e.get("msg", ""),
+            "type": e.get("type", ""),
+        }
+        for e in exc.errors()
+    ]
     return problem(422, "the request is malformed", errors=errors)
 
 
-def fastapi_app(runtime: ServiceRuntime, *, title: str, version: str = "1.0.0",
-                description: str = "", routers: Sequence[Any] = ()) -> FastAPI:
-    app = FastAPI(title=title, version=version, description=description,
-                  lifespan=lifespan_for(runtime), routes=list(ops_routes(runtime.readiness)),
-                  exception_handlers={StarletteHTTPException: _http_exception,
-                                      RequestValidationError: _validation_error})
+def fastapi_app(
+    runtime: ServiceRuntime,
+    *,
+    title: str,
+    version: str = "1.0.0",
+    description: str = "",
+    routers: Sequence[Any] = (),
+) -> FastAPI:
+    app = FastAPI(
+        title=title,
+        version=version,
+        description=description,
+        lifespan=lifespan_for(runtime),
+        routes=list(ops_routes(runtime.readiness)),
+        exception_handlers={
+            StarletteHTTPException: _http_exception,
+            RequestValidationError: _validation_error,
+        },
+    )
     for router in routers:
         app.include_router(router)
     app.add_middleware(MetricsMiddleware, service=runtime.name)
@@ -71,9 +115,11 @@ def fastapi_app(runtime: ServiceRuntime, *, title: str, version: str = "1.0.0",
 
 
 def starlette_app(runtime: ServiceRuntime, routes: Sequence[BaseRoute] = ()) -> Starlette:
-    app = Starlette(routes=[*ops_routes(runtime.readiness), *routes],
-                    lifespan=lifespan_for(runtime),
-                    middleware=[Middleware(MetricsMiddleware, service=runtime.name)],
-                    exception_handlers={StarletteHTTPException: _http_exception})
+    app = Starlette(
+        routes=[*ops_routes(runtime.readiness), *routes],
+        lifespan=lifespan_for(runtime),
+        middleware=[Middleware(MetricsMiddleware, service=runtime.name)],
+        exception_handlers={StarletteHTTPException: _http_exception},
+    )
     runtime.app = app
     return app

@@ -1,4 +1,5 @@
-"""User JWT verification: signature, exp, iss, aud; the algorithm comes from the key, never the token."""
+"""User JWT verification: signature, exp, iss, aud. The algorithm comes from the key, never
+from the token."""
 
 from __future__ import annotations
 
@@ -66,7 +67,11 @@ class JwtVerifier:
         if public_key_pem:
             key = load_pem_public_key(public_key_pem.strip().encode())
             self._static = (key, _alg_for(key))
-        self._jwks = jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=jwks_cache_seconds) if jwks_url else None
+        self._jwks = (
+            jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=jwks_cache_seconds)
+            if jwks_url
+            else None
+        )
         self._jwks_checked = 0.0
 
     async def _key_for(self, token: str) -> tuple[Any, str]:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Executable, Result, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -48,9 +49,14 @@ class Database:
             pool_pre_ping=True,
             pool_recycle=1800,
             # A statement that waits this long on a lock or a dead server is failed, not hung.
-            connect_args={"command_timeout": 30, "server_settings": {"application_name": "scanner-auth"}},
+            connect_args={
+                "command_timeout": 30,
+                "server_settings": {"application_name": "scanner-auth"},
+            },
         )
-        self._sessions = async_sessionmaker(self._engine, class_=AsyncSession, expire_on_commit=False)
+        self._sessions = async_sessionmaker(
+            self._engine, class_=AsyncSession, expire_on_commit=False
+        )
 
     @asynccontextmanager
     async def session(self) -> AsyncIterator[AsyncSession]:
@@ -79,19 +85,45 @@ class Database:
             self._engine = None
 
 
+async def run_sql(
+    session: AsyncSession, statement: str | Executable, params: Mapping[str, Any] | None = None
+) -> Result[Any]:
+    """Execute SQL text (or any Core statement) in the session's transaction.
+
+    sqlmodel's `exec` is typed for SELECTs only and its `execute` warns; this is the one place
+    that bridges the two for raw SQL."""
+    stmt = text(statement) if isinstance(statement, str) else statement
+    return await session.exec(stmt, params=params)  # type: ignore[call-overload,no-any-return]
+
+
 def is_infrastructure_error(exc: BaseException) -> bool:
     """True when retrying later may succeed: the database or network was unavailable."""
-    if isinstance(exc, OperationalError | InterfaceError | OSError | ConnectionError | TimeoutError):
+    if isinstance(
+        exc, OperationalError | InterfaceError | OSError | ConnectionError | TimeoutError
+    ):
         return True
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     name = type(exc).__name__
     return name in {
-        "ConnectionDoesNotExistError", "CannotConnectNowError", "ConnectionFailureError",
-        "InterfaceError", "TooManyConnectionsError", "AdminShutdownError",
-        "KafkaConnectionError", "KafkaTimeoutError", "NodeNotReadyError", "RequestTimedOutError",
+        "ConnectionDoesNotExistError",
+        "CannotConnectNowError",
+        "ConnectionFailureError",
+        "InterfaceError",
+        "TooManyConnectionsError",
+        "AdminShutdownError",
+        "KafkaConnectionError",
+        "KafkaTimeoutError",
+        "NodeNotReadyError",
+        "RequestTimedOutError",
     }
 
 
 # Re-exported for services' repositories
-__all__ = ["AsyncSession", "Database", "asyncpg_dsn", "is_infrastructure_error", "service_model_base"]
+__all__ = [
+    "AsyncSession",
+    "Database",
+    "asyncpg_dsn",
+    "is_infrastructure_error",
+    "service_model_base",
+]

@@ -76,7 +76,9 @@ class CloudEvent(BaseModel):
 
 def _summary(exc: ValidationError) -> str:
     # Field locations and error kinds only: input values may hold anything, secrets included.
-    return "; ".join(f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['type']}" for e in exc.errors())
+    return "; ".join(
+        f"{'.'.join(map(str, e['loc'])) or '<root>'}: {e['type']}" for e in exc.errors()
+    )
 
 
 class EventData(BaseModel):
@@ -208,7 +210,9 @@ class ScannerDeauthorised(EventData):
     credential_id: str | None = Field(
         None, description="The credential known to be current, if any."
     )
-    deauthorised_by: str = Field(description="User id, or `directory` when the scanner was removed.")
+    deauthorised_by: str = Field(
+        description="User id, or `directory` when the scanner was removed."
+    )
     reason: str = Field(description="Why, e.g. deauthorised or scanner_removed.")
     deauthorised_at: Time = Field(
         description="When. Every credential of the scanner issued up to then stops working."
@@ -299,10 +303,22 @@ class ScanIngested(EventData):
 EVENT_TYPES: dict[str, type[EventData]] = {
     cls.event_type: cls
     for cls in (
-        ScannerRegistered, ScannerRemoved, UserUpserted, ScannerAccessGranted,
-        ScannerAccessRevoked, TokenIssued, TokenRevoked, TokenExpired, ScannerAuthorised,
-        ScannerDeauthorised, CredentialRotated, AuthorisationRejected, TokenEmailRequested,
-        NotificationSent, NotificationFailed, ScanIngested,
+        ScannerRegistered,
+        ScannerRemoved,
+        UserUpserted,
+        ScannerAccessGranted,
+        ScannerAccessRevoked,
+        TokenIssued,
+        TokenRevoked,
+        TokenExpired,
+        ScannerAuthorised,
+        ScannerDeauthorised,
+        CredentialRotated,
+        AuthorisationRejected,
+        TokenEmailRequested,
+        NotificationSent,
+        NotificationFailed,
+        ScanIngested,
     )
 }
 

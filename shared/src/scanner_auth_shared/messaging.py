@@ -83,8 +83,13 @@ class DeadLetters:
         metrics.EVENTS_CONSUMED.labels(self.consumer, "dead_lettered").inc()
         log.warning(
             "message dead-lettered",
-            extra={"consumer": self.consumer, "reason": reason, "error": redact(error)[:300],
-                   "topic": topic, "offset": headers["x-dlq-original-offset"]},
+            extra={
+                "consumer": self.consumer,
+                "reason": reason,
+                "error": redact(error)[:300],
+                "topic": topic,
+                "offset": headers["x-dlq-original-offset"],
+            },
         )
 
 
@@ -139,10 +144,14 @@ def subscribe_events(
                 metrics.CONSUMER_RETRIES.labels(consumer).inc()
                 log.warning(
                     "consumer retrying",
-                    extra={"consumer": consumer, "attempt": attempt, "error": type(exc).__name__,
-                           "infrastructure": infrastructure},
+                    extra={
+                        "consumer": consumer,
+                        "attempt": attempt,
+                        "error": type(exc).__name__,
+                        "infrastructure": infrastructure,
+                    },
                 )
-                await asyncio.sleep(backoff * (1 + random.random() / 2))  # noqa: S311
+                await asyncio.sleep(backoff * (1 + random.random() / 2))
                 backoff = min(backoff * 2, 30.0 if infrastructure else 5.0)
 
     subscriber = broker.subscriber(

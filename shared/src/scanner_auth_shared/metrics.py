@@ -25,5 +25,7 @@ OUTBOX_PUBLISHED = Counter(
     "scanner_auth_outbox_published_total", "Outbox events acknowledged by Kafka", ["service"]
 )
 OUTBOX_PENDING = Gauge(
-    "scanner_auth_outbox_pending", "Outbox rows seen waiting at the relay's last pass (capped at a batch)", ["service"]
+    "scanner_auth_outbox_pending",
+    "Outbox rows seen waiting at the relay's last pass (capped at a batch)",
+    ["service"],
 )

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import zlib
@@ -28,6 +29,7 @@ from sqlalchemy import text
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from . import metrics
+from .db import run_sql
 from .events import CloudEvent
 
 log = logging.getLogger("scanner_auth.outbox")
@@ -84,9 +86,10 @@ async def enqueue(
     session: AsyncSession, event: CloudEvent, *, topic: str, key: str | None = None
 ) -> None:
     """Write `event` to the outbox inside the session's current transaction."""
-    await session.exec(
+    await run_sql(
+        session,
         _INSERT,
-        params={
+        {
             "event_id": event.id,
             "event_type": event.type,
             "topic": topic,
@@ -98,7 +101,7 @@ async def enqueue(
 
 async def first_time(session: AsyncSession, consumer: str, event_id: str) -> bool:
     """True the first time `consumer` sees `event_id` (recorded in the current transaction)."""
-    result = await session.exec(_CLAIM, params={"consumer": consumer, "event_id": event_id})
+    result = await run_sql(session, _CLAIM, {"consumer": consumer, "event_id": event_id})
     return result.first() is not None
 
 
@@ -147,9 +150,13 @@ class OutboxRelay:
                 self.healthy = False
                 log.warning(
                     "outbox relay interrupted, retrying",
-                    extra={"relay": self.service, "error": type(exc).__name__, "detail": str(exc)[:300]},
+                    extra={
+                        "relay": self.service,
+                        "error": type(exc).__name__,
+                        "detail": str(exc)[:300],
+                    },
                 )
-                await self._sleep(backoff * (1 + random.random() / 2))  # noqa: S311
+                await self._sleep(backoff * (1 + random.random() / 2))
                 backoff = min(backoff * 2, 10.0)
             finally:
                 self.active = False
@@ -180,10 +187,8 @@ class OutboxRelay:
                 continue
             if self._stopping.is_set():
                 continue
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_interval)
-            except TimeoutError:
-                pass
 
     async def drain_once(self, conn: asyncpg.Connection) -> int:
         """Publish the oldest batch of committed rows; delete them once acknowledged."""
@@ -200,7 +205,9 @@ class OutboxRelay:
             headers = {"content-type": "application/cloudevents+json", "ce-type": row["event_type"]}
             futures.append(await self.send(row["topic"], key, bytes(row["payload"]), headers))
         await asyncio.gather(*futures)
-        await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows])
+        await conn.execute(
+            "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
+        )
         metrics.OUTBOX_PUBLISHED.labels(self.service).inc(len(rows))
         return len(rows)
 
@@ -208,7 +215,5 @@ class OutboxRelay:
         self._wake.set()
 
     async def _sleep(self, seconds: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
-        except TimeoutError:
-            pass

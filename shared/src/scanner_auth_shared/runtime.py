@@ -54,15 +54,21 @@ class ServiceRuntime:
 
     def use_database(self, migrations: Path) -> Database:
         assert isinstance(self.settings, DatabaseSettings)
-        self.database = Database(self.settings.database_url, pool_size=self.settings.database_pool_size)
+        self.database = Database(
+            self.settings.database_url, pool_size=self.settings.database_pool_size
+        )
         self.migrations = migrations
         return self.database
 
     def use_outbox_relay(self) -> OutboxRelay:
         assert isinstance(self.settings, DatabaseSettings)
 
-        async def send(topic: str, key: bytes | None, payload: bytes, headers: dict[str, str]) -> Any:
-            return await self.broker.publish(payload, topic, key=key, headers=headers, no_confirm=True)
+        async def send(
+            topic: str, key: bytes | None, payload: bytes, headers: dict[str, str]
+        ) -> Any:
+            return await self.broker.publish(
+                payload, topic, key=key, headers=headers, no_confirm=True
+            )
 
         self.relay = OutboxRelay(
             asyncpg_dsn(self.settings.database_url),
@@ -176,7 +182,9 @@ class ServiceRuntime:
         return checks
 
 
-def lifespan_for(runtime: ServiceRuntime) -> Callable[[Any], contextlib.AbstractAsyncContextManager[None]]:
+def lifespan_for(
+    runtime: ServiceRuntime,
+) -> Callable[[Any], contextlib.AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def lifespan(_: Any) -> AsyncIterator[None]:
         await runtime.start()

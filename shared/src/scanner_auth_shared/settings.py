@@ -17,9 +17,17 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # Values that appear in documentation, examples and tutorials: never acceptable as secrets.
 # The README's and deploy/'s example values are listed here too, so that copying them fails.
 _PUBLISHED_DEFAULTS = {
-    "changethis", "change-me", "changeme", "secret", "password", "example",
+    "changethis",
+    "change-me",
+    "changeme",
+    "secret",
+    "password",
+    "example",
     "please-change-me-to-a-long-random-secret-value",
-    "REPLACE_ME", "replace-me", "dev", "test",
+    "REPLACE_ME",
+    "replace-me",
+    "dev",
+    "test",
     # base64 of 32 zero bytes, and of 32 "a" bytes: the usual placeholder keys
     "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
     "YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE=",

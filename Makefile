@@ -1,0 +1,47 @@
+# The two commands of the README: `make run` and `make test`. Both install what they need.
+SHELL := /bin/bash
+export UV_PYTHON_DOWNLOADS ?= never
+export UV_LINK_MODE ?= copy
+
+# uv from PATH, or bootstrapped with pip into .tools/ (a fresh machine has only Python).
+UV := $(shell command -v uv 2>/dev/null)
+ifeq ($(UV),)
+UV := .tools/bin/uv
+endif
+ACCEPTANCE := ../shared/acceptance/run
+
+.PHONY: run test install lint typecheck unit integration e2e acceptance clean help
+
+help:
+	@echo "make run    start the whole system with embedded infrastructure (scanner-auth dev)"
+	@echo "make test   lint, type-check and run every test against real PostgreSQL, Kafka-protocol broker and SMTP"
+
+.tools/bin/uv:
+	python3 -m venv .tools
+	.tools/bin/python -m pip install --quiet --disable-pip-version-check uv
+
+install: $(UV)
+	$(UV) sync --frozen --all-packages
+
+run: install
+	$(UV) run --frozen scanner-auth dev
+
+lint: install
+	$(UV) run --frozen ruff check .
+	$(UV) run --frozen ruff format --check shared/src src
+
+typecheck: install
+	$(UV) run --frozen mypy shared/src src services/*/src
+
+unit: install
+	$(UV) run --frozen pytest -m unit
+
+test: install lint typecheck
+	$(UV) run --frozen pytest
+	@if [[ -x $(ACCEPTANCE) ]]; then $(ACCEPTANCE); else echo "acceptance checks not found at $(ACCEPTANCE): skipped"; fi
+
+acceptance: install
+	$(ACCEPTANCE)
+
+clean:
+	rm -rf .dev .tools .mypy_cache .ruff_cache

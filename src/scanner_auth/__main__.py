@@ -1,0 +1,3 @@
+from scanner_auth.cli import main
+
+main()

@@ -1,0 +1,334 @@
+"""The whole system on one machine with embedded infrastructure: `scanner-auth dev`, and the
+end-to-end tests. Every process it starts, it stops."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email import message_from_bytes, policy
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from scanner_auth_shared.events import DIRECTORY_TOPIC, EventData, new_event
+from scanner_auth_shared.infra import EmbeddedPostgres, MailSink, TansuBroker, free_port
+from scanner_auth_shared.testing.identity import TestIdentity
+
+from .demo import DemoDirectory
+from .services import SERVICES
+
+SERVICE_ORDER = ("token-issuer", "redeemer", "scan-ingest", "notifier")
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "scanner_auth", "serve", self.name],
+            env={**os.environ, **self.env},
+            stdout=open(self.log_path, "ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: signals reach it and only it
+        )
+
+    def ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(
+                f"{self.name} exited with {self.proc.returncode}; see {self.log_path}"
+            )
+        try:
+            return httpx.get(self.url + "/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            return self.proc.wait(10)
+
+
+@dataclass
+class Stack:
+    """Embedded PostgreSQL, Tansu, an SMTP sink and the four services as processes."""
+
+    root: Path
+    smtp_port: int = 0
+    fixed_ports: bool = False  # the contract's default ports (dev) or free ones (tests)
+    extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
+    identity: TestIdentity = field(default_factory=TestIdentity)
+    postgres: EmbeddedPostgres | None = None
+    broker: TansuBroker | None = None
+    mail: MailSink | None = None
+    services: dict[str, ServiceProcess] = field(default_factory=dict)
+
+    def start_infrastructure(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        pg_dir = self.root / "postgres"
+        # Tansu keeps nothing across a restart, so neither does the database: each run starts
+        # from a clean, consistent state.
+        shutil.rmtree(pg_dir, ignore_errors=True)
+        self.postgres = EmbeddedPostgres(pg_dir).start()
+        self.broker = TansuBroker(self.root / "logs" / "broker.log").start()
+        self.mail = MailSink(folder=self.root / "mail", port=self.smtp_port or free_port()).start()
+
+    def service_env(self) -> dict[str, dict[str, str]]:
+        assert self.postgres and self.broker and self.mail
+        shared = {
+            "KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap,
+            "HTTP_HOST": "127.0.0.1",
+            "AUTH_PUBLIC_KEY_PEM": self.identity.public_pem,
+            "AUTH_ISSUER": self.identity.issuer,
+            "AUTH_AUDIENCE": self.identity.audience,
+            "TOKEN_PEPPER": secrets.token_urlsafe(48),
+            "SEALING_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+            "CODE_ENCRYPTION_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
+            "SMTP_HOST": "127.0.0.1",
+            "SMTP_PORT": str(self.mail.port),
+            "SMTP_TLS": "none",
+            "SMTP_FROM": "MyScanner <no-reply@myscanner.test>",
+            "TRUSTED_PROXIES": "127.0.0.1/32",
+            # Short group joins on the embedded broker.
+            "KAFKA_SESSION_TIMEOUT_MS": "3000",
+            "KAFKA_HEARTBEAT_INTERVAL_MS": "500",
+            "SHUTDOWN_GRACE_SECONDS": "10",
+        }
+        envs = {}
+        for name in SERVICE_ORDER:
+            spec = SERVICES[name]
+            port = spec.default_port if self.fixed_ports else free_port()
+            env = {
+                **shared,
+                "HTTP_PORT": str(port),
+                "DATABASE_URL": self.postgres.create_database(name.replace("-", "_")),
+            }
+            env.update(self.extra_env.get(name, {}))
+            envs[name] = env
+        return envs
+
+    def start_services(self, timeout: float = 90) -> None:
+        for name, env in self.service_env().items():
+            svc = ServiceProcess(
+                name, int(env["HTTP_PORT"]), env, self.root / "logs" / f"{name}.log"
+            )
+            self.services[name] = svc
+            svc.start()
+        deadline = time.monotonic() + timeout
+        for svc in self.services.values():
+            while not svc.ready():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"{svc.name} not ready within {timeout}s; see {svc.log_path}"
+                    )
+                time.sleep(0.2)
+
+    def publish(self, *events: EventData) -> None:
+        assert self.broker is not None
+        bootstrap = self.broker.bootstrap
+
+        async def send() -> None:
+            from aiokafka import AIOKafkaProducer
+
+            producer = AIOKafkaProducer(
+                bootstrap_servers=bootstrap,
+                acks="all",
+                enable_idempotence=False,
+            )
+            await producer.start()
+            try:
+                for data in events:
+                    event = new_event(data, source="myscanner/directory")
+                    await producer.send_and_wait(
+                        DIRECTORY_TOPIC, event.to_bytes(), key=(event.subject or "").encode()
+                    )
+            finally:
+                await producer.stop()
+
+        asyncio.run(send())
+
+    def stop(self) -> None:
+        for svc in reversed(list(self.services.values())):
+            svc.stop()
+        if self.mail:
+            self.mail.stop()
+        if self.broker:
+            self.broker.stop()
+        if self.postgres:
+            self.postgres.stop()
+
+
+class System:
+    """A started stack, driven as its users drive it (end-to-end tests)."""
+
+    def __init__(self, stack: Stack) -> None:
+        self.stack = stack
+        self.demo = DemoDirectory()
+
+    @property
+    def bootstrap(self) -> str:
+        assert self.stack.broker is not None
+        return self.stack.broker.bootstrap
+
+    def url(self, service: str) -> str:
+        return self.stack.services[service].url
+
+    def as_user(self, label_or_id: str) -> httpx.Client:
+        user = next(u for u in self.demo.users if label_or_id in (u.user_id, u.env_name))
+        token = self.stack.identity.mint(user.user_id, user.org_id, list(user.roles), user.email)
+        return httpx.Client(
+            base_url=self.url("token-issuer"),
+            timeout=15,
+            headers={"Authorization": f"Bearer {token}"},
+        )
+
+    def device(self, service: str, credential: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {credential}"} if credential else {}
+        return httpx.Client(base_url=self.url(service), timeout=15, headers=headers)
+
+    def logs(self) -> str:
+        return "\n".join(
+            s.log_path.read_text(errors="replace")
+            for s in self.stack.services.values()
+            if s.log_path.exists()
+        )
+
+
+# ------------------------------------------------------------------------------ scanner-auth dev
+
+
+def run_dev(root: Path, *, smtp_port: int = 0, quiet: bool = False) -> int:
+    stack = Stack(root.resolve(), smtp_port=smtp_port, fixed_ports=True)
+    stopping = {"signal": 0}
+
+    def on_signal(signum: int, _: Any) -> None:
+        stopping["signal"] = signum
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    started = time.monotonic()
+    try:
+        print("scanner-auth dev: starting PostgreSQL, the broker and the SMTP sink…", flush=True)
+        stack.start_infrastructure()
+        print("scanner-auth dev: starting the four services…", flush=True)
+        stack.start_services()
+        demo = DemoDirectory()
+        stack.publish(*demo.events())
+        _print_welcome(stack, demo, time.monotonic() - started, quiet)
+        while True:
+            for svc in stack.services.values():
+                if svc.proc is not None and svc.proc.poll() is not None:
+                    print(
+                        f"scanner-auth dev: {svc.name} exited ({svc.proc.returncode}); "
+                        f"see {svc.log_path}",
+                        file=sys.stderr,
+                    )
+                    return 1
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("\nscanner-auth dev: stopping…", flush=True)
+        return 0
+    except Exception as exc:
+        print(f"scanner-auth dev: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not orphan anything
+        stack.stop()
+        print("scanner-auth dev: everything stopped.", flush=True)
+
+
+def _print_welcome(stack: Stack, demo: DemoDirectory, took: float, quiet: bool) -> None:
+    assert stack.postgres and stack.broker and stack.mail
+    lines = [
+        "",
+        f"scanner-auth is running ({took:.1f} s). Ctrl-C stops everything.",
+        "",
+        "  services",
+    ]
+    for name, svc in stack.services.items():
+        lines.append(
+            f"    {name:<13} {svc.url}   (docs: {svc.url}/docs)"
+            if name in ("token-issuer", "redeemer")
+            else f"    {name:<13} {svc.url}"
+        )
+    lines += [
+        "  infrastructure",
+        f"    postgresql    {stack.postgres.url('<service>')}",
+        f"    kafka         {stack.broker.bootstrap}",
+        f"    smtp sink     127.0.0.1:{stack.mail.port}  (mails: {stack.mail.folder})",
+        "                  `scanner-auth mail` lists them",
+        f"    logs          {stack.root / 'logs'}",
+        "",
+        "  demo users (JWTs valid 12 hours)",
+    ]
+    for user in demo.users:
+        token = stack.identity.mint(
+            user.user_id, user.org_id, list(user.roles), user.email, lifetime=timedelta(hours=12)
+        )
+        lines.append(f"    {user.label:<32} {user.user_id}")
+        lines.append(f"      export {user.env_name}={token}")
+    lines += ["", "  demo scanners"]
+    for s in demo.scanners:
+        lines.append(
+            f"    {s.scanner_id:<14} {s.serial_number:<10} {s.name} ({s.model}, {s.org_id})"
+        )
+    first = demo.scanners[0]
+    issuer, redeemer = stack.services["token-issuer"].url, stack.services["redeemer"].url
+    ingest = stack.services["scan-ingest"].url
+    body = json.dumps({"code": "<code>", "serial_number": first.serial_number})
+    lines += [
+        "",
+        "  try it",
+        f'    curl -s -X POST -H "Authorization: Bearer $ADMIN_JWT" \\\n'
+        f"      {issuer}/v1/scanners/{first.scanner_id}/authorisation-token",
+        f"    curl -s -X POST -H 'Content-Type: application/json' -d '{body}' \\\n"
+        f"      {redeemer}/v1/authorisations",
+        "    curl -s -X POST -H 'Authorization: Bearer <credential>' \\\n"
+        f"      -d '{{\"volume_m3\": 12.5}}' {ingest}/v1/scans",
+        "",
+        f"scanner-auth dev: ready at {datetime.now(UTC).isoformat(timespec='seconds')}",
+    ]
+    if quiet:
+        lines = [
+            line for line in lines if "export" in line or "ready" in line or line.startswith("    ")
+        ]
+    print("\n".join(lines), flush=True)
+
+
+def list_mail(root: Path) -> None:
+    folder = root / "mail"
+    files = sorted(folder.glob("*.eml")) if folder.exists() else []
+    if not files:
+        print(f"no mail in {folder}")
+        return
+    for path in files:
+        msg = message_from_bytes(path.read_bytes(), policy=policy.default)
+        print(f"{path.name}  {msg['Date']}  to {msg['To']}  “{msg['Subject']}”")
