@@ -73,10 +73,13 @@ def test_every_single_symbol_substitution_is_caught(body, position, replacement)
 
 
 @given(st.text(alphabet=ALPHABET, min_size=11, max_size=11), st.integers(0, 10))
-def test_adjacent_transpositions_are_caught(body, position):
+def test_adjacent_transpositions_are_caught_except_0_and_z(body, position):
+    # Luhn mod N misses exactly one transposition: the first and last symbols of the
+    # alphabet (0 and Z), as decimal Luhn misses 09 <-> 90. The contract prescribes it.
     code = body + luhn32_check_symbol(body)
+    pair = {code[position], code[position + 1]}
     swapped = code[:position] + code[position + 1] + code[position] + code[position + 2 :]
-    if swapped != code:
+    if swapped != code and pair != {"0", "Z"}:
         with pytest.raises(CodeTypo):
             normalise_code(swapped)
 
