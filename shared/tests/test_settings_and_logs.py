@@ -120,3 +120,21 @@ def test_json_logs_redact_messages_extras_and_tracebacks():
         and first["level"] == "warning"
         and first["typed"] == "[redacted]"
     )
+
+
+def test_kafka_security_from_the_environment():
+    from faststream.security import SASLScram512
+
+    from scanner_auth_shared.messaging import kafka_security
+    from scanner_auth_shared.settings import ServiceSettings
+
+    assert kafka_security(ServiceSettings()) is None
+    with pytest.raises(ConfigurationError, match="KAFKA_SASL_USERNAME"):
+        kafka_security(ServiceSettings(kafka_security_protocol="SASL_SSL"))
+    sasl = kafka_security(
+        ServiceSettings(kafka_security_protocol="SASL_SSL", kafka_sasl_username="svc",
+                        kafka_sasl_password="pw-from-a-secret")
+    )
+    assert isinstance(sasl, SASLScram512) and sasl.use_ssl
+    tls = kafka_security(ServiceSettings(kafka_security_protocol="SSL"))
+    assert tls is not None and tls.use_ssl and tls.ssl_context is not None

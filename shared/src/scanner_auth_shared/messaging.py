@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,17 +26,45 @@ from typing import Any
 
 from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.middlewares import AckPolicy
+from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 from pydantic import ValidationError
 
 from . import metrics
 from .db import is_infrastructure_error
 from .events import CloudEvent, EventData, PoisonMessage, dlq_topic, parse_data
 from .logs import redact
-from .settings import ServiceSettings
+from .settings import ConfigurationError, ServiceSettings
 
 log = logging.getLogger("scanner_auth.messaging")
 
 Handler = Callable[[CloudEvent, EventData], Awaitable[None]]
+
+
+def kafka_security(settings: ServiceSettings) -> BaseSecurity | None:
+    """TLS and SASL for a managed cluster, from KAFKA_SECURITY_PROTOCOL and friends."""
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    tls = protocol.endswith("SSL")
+    context = ssl.create_default_context(cafile=settings.kafka_ssl_cafile) if tls else None
+    if protocol == "SSL":
+        return BaseSecurity(ssl_context=context, use_ssl=True)
+    if not settings.kafka_sasl_username or settings.kafka_sasl_password is None:
+        raise ConfigurationError(
+            "KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are required with "
+            f"KAFKA_SECURITY_PROTOCOL={protocol}"
+        )
+    mechanism = {
+        "PLAIN": SASLPlaintext,
+        "SCRAM-SHA-256": SASLScram256,
+        "SCRAM-SHA-512": SASLScram512,
+    }[settings.kafka_sasl_mechanism]
+    return mechanism(
+        settings.kafka_sasl_username,
+        settings.kafka_sasl_password.get_secret_value(),
+        ssl_context=context,
+        use_ssl=tls,
+    )
 
 
 def create_broker(settings: ServiceSettings, service: str) -> KafkaBroker:
@@ -50,6 +79,7 @@ def create_broker(settings: ServiceSettings, service: str) -> KafkaBroker:
         request_timeout_ms=15_000,
         logger=logging.getLogger(f"scanner_auth.{service}.kafka"),
         graceful_timeout=settings.shutdown_grace_seconds,
+        security=kafka_security(settings),
     )
 
 

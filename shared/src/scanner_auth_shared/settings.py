@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import AfterValidator, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -103,6 +103,12 @@ class ServiceSettings(BaseSettings):
     kafka_session_timeout_ms: int = Field(10_000, ge=1_000)
     kafka_heartbeat_interval_ms: int = Field(3_000, ge=100)
     kafka_client_id: str = "scanner-auth"
+    # Managed Kafka usually wants TLS and SASL; the embedded broker wants neither.
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: str | None = Field(None, description="CA bundle; default: the system's")
     # How long a consumer retries a message that fails for a reason other than its content
     # (a database outage, say) before it stops retrying in place and parks it in the DLQ.
     # Infrastructure errors are retried without limit: an outage must not empty the topic.
@@ -120,8 +126,6 @@ class DatabaseSettings(ServiceSettings):
 
 
 S = TypeVar("S", bound=BaseSettings)
-
-_FIELD_PREFIXES = {"value_error": "", "missing": ""}
 
 
 def load_settings(cls: type[S], **overrides: Any) -> S:
