@@ -118,16 +118,23 @@ class ServiceRuntime:
         if not self.started:
             return
         self.started = False
-        grace = self.settings.shutdown_grace_seconds
+        # One deadline for the whole shutdown (SHUTDOWN_GRACE_SECONDS), shared by its phases.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.shutdown_grace_seconds
+
+        def left(cap: float | None = None) -> float:
+            remaining = max(0.1, deadline - loop.time())
+            return min(remaining, cap) if cap is not None else remaining
+
         # Subscribers first: each finishes its current message and commits its offset. The
         # producer stays up so that the relay can still publish what is committed.
         await asyncio.gather(
-            *(asyncio.wait_for(sub.stop(), grace) for sub in self.broker.subscribers),
+            *(asyncio.wait_for(sub.stop(), left()) for sub in self.broker.subscribers),
             return_exceptions=True,
         )
         for hook in self.on_stop:
             try:
-                await hook()
+                await asyncio.wait_for(hook(), left())
             except Exception:
                 log.exception("stop hook failed")
         for name, task in self._tasks.items():
@@ -137,11 +144,11 @@ class ServiceRuntime:
         if self.relay is not None and relay_task is not None:
             await self.relay.stop()
             try:
-                await asyncio.wait_for(asyncio.shield(relay_task), min(5.0, grace))
+                await asyncio.wait_for(asyncio.shield(relay_task), left(5.0))
             except Exception:
                 relay_task.cancel()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.broker.stop(), grace)
+            await asyncio.wait_for(self.broker.stop(), left())
         await asyncio.gather(*self._tasks.values(), return_exceptions=True)
         self._tasks.clear()
         if self.database is not None:
