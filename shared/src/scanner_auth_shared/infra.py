@@ -233,7 +233,7 @@ class MailSink:
                         sink.drop_next -= 1
                         mail = Mail(envelope.mail_from, list(envelope.rcpt_tos), raw)
                         sink._keep(mail)  # it was received; the sender never hears so
-                        session.transport.abort()
+                        server.transport.abort()
                         return "250 OK"
                     if sink.fail_next:
                         return sink.fail_next.pop(0)

@@ -1,0 +1,135 @@
+"""The SMTP relay, through aiosmtplib: one connection per email, SMTP_TLS honoured.
+
+Every outcome becomes a `SendResult`:
+- 250 to the message: Delivered.
+- a 5xx reply to the recipient (RCPT) or to the message (DATA): PermanentFailure.
+- a 4xx reply anywhere, a connection refused, lost or timed out: TransientFailure.
+- a refusal while setting up the session (greeting, EHLO, STARTTLS, AUTH, MAIL FROM), even a
+  5xx: TransientFailure. It says the relay or our configuration of it is wrong (a bad password,
+  say), not that this email can never be delivered: the email waits, with backoff and until its
+  code expires, for an operator to fix it.
+Error texts carry SMTP replies and exception types only: never the message, so never the code.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from email.message import EmailMessage
+from typing import Literal
+
+import aiosmtplib
+from aiosmtplib import (
+    SMTPRecipientsRefused,
+    SMTPResponseException,
+)
+
+from ..domain import Delivered, PermanentFailure, SendResult, TransientFailure, is_permanent_reply
+
+log = logging.getLogger("scanner_auth.notifier.smtp")
+
+TlsMode = Literal["none", "starttls", "tls"]
+
+
+def _reply(exc: SMTPResponseException) -> str:
+    return f"{exc.code} {exc.message}".strip()
+
+
+class SmtpRelay:
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        tls: TlsMode,
+        username: str | None = None,
+        password: str | None = None,
+        timeout: float = 10.0,
+        ca_file: str | None = None,
+        helo_hostname: str | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.tls: TlsMode = tls
+        self.username = username
+        self._password = password
+        self.timeout = timeout
+        self.ca_file = ca_file
+        self.helo_hostname = helo_hostname
+
+    def __repr__(self) -> str:
+        return f"SmtpRelay({self.host}:{self.port}, tls={self.tls})"
+
+    def _client(self) -> aiosmtplib.SMTP:
+        context = None
+        if self.tls != "none" and self.ca_file:
+            context = ssl.create_default_context(cafile=self.ca_file)
+        return aiosmtplib.SMTP(
+            hostname=self.host,
+            port=self.port,
+            username=self.username,
+            password=self._password,
+            timeout=self.timeout,
+            use_tls=self.tls == "tls",
+            # True: STARTTLS is required (refused servers fail); False: never attempted.
+            start_tls=self.tls == "starttls",
+            tls_context=context,
+            local_hostname=self.helo_hostname,
+        )
+
+    async def send(self, message: EmailMessage) -> SendResult:
+        client = self._client()
+        where = f"{self.host}:{self.port}"
+        # 1. The session: connect, greeting, EHLO, STARTTLS, AUTH.
+        try:
+            await client.connect()
+        except SMTPResponseException as exc:
+            return TransientFailure(f"the mail relay refused the session: {_reply(exc)}")
+        except aiosmtplib.SMTPTimeoutError:
+            return TransientFailure(f"timed out connecting to the mail relay {where}")
+        except aiosmtplib.SMTPNotSupported as exc:
+            return TransientFailure(
+                f"the mail relay {where} does not support what SMTP_TLS asks for: {exc}"
+            )
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            return TransientFailure(
+                f"cannot reach the mail relay {where}: {type(exc).__name__}: {exc}"
+            )
+        # 2. The transaction: MAIL FROM, RCPT TO, DATA.
+        try:
+            try:
+                await client.send_message(message)
+            except SMTPRecipientsRefused as exc:
+                codes = [r.code for r in exc.recipients]
+                text = "; ".join(_reply(r) for r in exc.recipients)
+                if codes and all(is_permanent_reply(c) for c in codes):
+                    return PermanentFailure(f"the mail relay refused the recipient: {text}")
+                return TransientFailure(f"the mail relay deferred the recipient: {text}")
+            except aiosmtplib.SMTPSenderRefused as exc:
+                return TransientFailure(f"the mail relay refused the sender: {_reply(exc)}")
+            except aiosmtplib.SMTPDataError as exc:
+                if is_permanent_reply(exc.code):
+                    return PermanentFailure(f"the mail relay refused the message: {_reply(exc)}")
+                return TransientFailure(f"the mail relay deferred the message: {_reply(exc)}")
+            except SMTPResponseException as exc:
+                if 400 <= exc.code <= 499:
+                    return TransientFailure(f"the mail relay deferred the message: {_reply(exc)}")
+                return TransientFailure(f"unexpected reply from the mail relay: {_reply(exc)}")
+            except aiosmtplib.SMTPTimeoutError:
+                return TransientFailure(f"timed out talking to the mail relay {where}")
+            except (aiosmtplib.SMTPException, OSError) as exc:
+                return TransientFailure(
+                    f"lost the connection to the mail relay {where}: {type(exc).__name__}"
+                )
+            return Delivered()
+        finally:
+            await _close(client)
+
+
+async def _close(client: aiosmtplib.SMTP) -> None:
+    """QUIT politely; whatever happens now does not change the outcome."""
+    if client.is_connected:
+        try:
+            await client.quit(timeout=2)
+        except Exception:  # the 250 (or the failure) is what counts
+            client.close()
