@@ -132,8 +132,11 @@ def test_kafka_security_from_the_environment():
     with pytest.raises(ConfigurationError, match="KAFKA_SASL_USERNAME"):
         kafka_security(ServiceSettings(kafka_security_protocol="SASL_SSL"))
     sasl = kafka_security(
-        ServiceSettings(kafka_security_protocol="SASL_SSL", kafka_sasl_username="svc",
-                        kafka_sasl_password="pw-from-a-secret")
+        ServiceSettings(
+            kafka_security_protocol="SASL_SSL",
+            kafka_sasl_username="svc",
+            kafka_sasl_password="pw-from-a-secret",
+        )
     )
     assert isinstance(sasl, SASLScram512) and sasl.use_ssl
     tls = kafka_security(ServiceSettings(kafka_security_protocol="SSL"))

@@ -67,7 +67,8 @@ def kafka_security(settings: ServiceSettings) -> BaseSecurity | None:
     )
 
 
-def create_broker(settings: ServiceSettings, service: str) -> KafkaBroker:
+def create_broker(settings: ServiceSettings, service: str, **producer: Any) -> KafkaBroker:
+    """The service's broker; `producer` passes aiokafka producer options (max_request_size…)."""
     return KafkaBroker(
         settings.kafka_bootstrap_servers,
         client_id=f"{settings.kafka_client_id}-{service}",
@@ -80,6 +81,7 @@ def create_broker(settings: ServiceSettings, service: str) -> KafkaBroker:
         logger=logging.getLogger(f"scanner_auth.{service}.kafka"),
         graceful_timeout=settings.shutdown_grace_seconds,
         security=kafka_security(settings),
+        **producer,
     )
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import base64
 import os
 import secrets
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -83,11 +85,14 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
         with PostgresContainer("postgres:17-alpine", driver=None) as pg:
             yield ExternalPostgres(pg.get_connection_url())
         return
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data").start()
+    # Not under pytest's basetemp: concurrent pytest sessions prune each other's old basetemps.
+    root = Path(tempfile.mkdtemp(prefix="scanner-auth-pg-"))
+    server = EmbeddedPostgres(root / "data").start()
     try:
         yield server
     finally:
         server.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""scan-ingest's adapters: its tables, the gate writer's store and the gate's listener."""

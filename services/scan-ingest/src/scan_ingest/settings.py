@@ -1,0 +1,29 @@
+"""What scan-ingest reads from the environment (upper-case variable names)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from scanner_auth_shared.settings import DatabaseSettings
+
+
+class Settings(DatabaseSettings):
+    http_port: int = 8003
+    ingest_max_body_bytes: int = Field(
+        1_048_576, ge=2, description="INGEST_MAX_BODY_BYTES: largest accepted upload body."
+    )
+    trusted_proxies: str = Field(
+        "", description="TRUSTED_PROXIES: addresses or CIDRs whose X-Forwarded-For is believed."
+    )
+    publish_timeout_seconds: float = Field(
+        5.0, gt=0, description="How long an upload waits for Kafka's acknowledgement before 503."
+    )
+    gate_resync_seconds: float = Field(
+        60.0, gt=0, description="Every replica reloads the whole gate this often (a safety net)."
+    )
+    gate_keepalive_seconds: float = Field(
+        5.0, gt=0, description="How often an idle gate listener checks its connection."
+    )
+    publish_retry_after_seconds: int = Field(
+        5, ge=1, description="Retry-After of the 503 answered while Kafka cannot take an upload."
+    )

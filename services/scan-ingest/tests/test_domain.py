@@ -1,0 +1,185 @@
+"""Which credentials work, from the facts announced about a scanner; the ScanIngested bytes."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+
+from scan_ingest.domain import (
+    SOURCE,
+    CredentialFact,
+    CredentialState,
+    Standing,
+    admits,
+    derive_standings,
+    rfc3339,
+    scan_id_for,
+    scan_ingested_bytes,
+)
+from scanner_auth_shared.events import CloudEvent, ScanIngested, new_event, parse_data
+
+pytestmark = pytest.mark.unit
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+ACTIVE, ROTATING = CredentialState.ACTIVE, CredentialState.ROTATING
+REPLACED, REVOKED = CredentialState.REPLACED, CredentialState.REVOKED
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def authorised(name: str, seconds: float) -> CredentialFact:
+    return CredentialFact(
+        digest=name.encode().ljust(32, b"."), credential_id=name, issued_at=at(seconds)
+    )
+
+
+def rotated(name: str, seconds: float, previous: str, grace: float) -> CredentialFact:
+    return CredentialFact(
+        digest=name.encode().ljust(32, b"."),
+        credential_id=name,
+        issued_at=at(seconds),
+        previous_credential_id=previous,
+        previous_valid_until=at(seconds + grace),
+    )
+
+
+def states(facts: list[CredentialFact], deauthorised: float | None = None) -> dict[str, Standing]:
+    derived = derive_standings(facts, at(deauthorised) if deauthorised is not None else None)
+    by_digest = {f.digest: f.credential_id for f in facts}
+    return {by_digest[d]: s for d, s in derived.items()}
+
+
+def test_a_new_authorisation_is_active_and_replaces_every_earlier_credential() -> None:
+    assert states([authorised("a", 0)]) == {"a": Standing(ACTIVE)}
+    result = states([authorised("a", 0), rotated("b", 5, "a", 60), authorised("c", 10)])
+    assert result == {"a": Standing(REPLACED), "b": Standing(REPLACED), "c": Standing(ACTIVE)}
+
+
+def test_a_rotation_keeps_the_previous_credential_until_its_deadline() -> None:
+    result = states([authorised("a", 0), rotated("b", 10, "a", 3600)])
+    assert result == {"a": Standing(ROTATING, at(3610)), "b": Standing(ACTIVE)}
+    chain = states([authorised("a", 0), rotated("b", 10, "a", 60), rotated("c", 20, "b", 60)])
+    assert chain == {
+        "a": Standing(ROTATING, at(70)),
+        "b": Standing(ROTATING, at(80)),
+        "c": Standing(ACTIVE),
+    }
+    # Announced twice with different deadlines (should not happen): the earlier one holds.
+    twice = states([authorised("a", 0), rotated("b", 10, "a", 60), rotated("c", 11, "a", 30)])
+    assert twice["a"] == Standing(ROTATING, at(41))
+
+
+def test_a_deauthorisation_revokes_everything_issued_up_to_it_and_nothing_after() -> None:
+    facts = [authorised("a", 0), rotated("b", 10, "a", 60)]
+    assert states(facts, deauthorised=10) == {"a": Standing(REVOKED), "b": Standing(REVOKED)}
+    assert states(facts, deauthorised=-1) == {
+        "a": Standing(ROTATING, at(70)),
+        "b": Standing(ACTIVE),
+    }
+    assert states([*facts, authorised("c", 30)], deauthorised=20)["c"] == Standing(ACTIVE)
+
+
+def test_a_rotation_from_a_dead_credential_is_dead_too() -> None:
+    """Rotating after a deauthorisation or a re-authorisation should be refused upstream; if it
+    slipped through, the gate fails closed."""
+    assert states([authorised("a", 0), rotated("b", 10, "a", 60)], deauthorised=5)["b"] == (
+        Standing(REVOKED)
+    )
+    after_replacement = states([authorised("a", 0), authorised("c", 5), rotated("b", 10, "a", 60)])
+    assert after_replacement == {
+        "a": Standing(REPLACED),
+        "c": Standing(ACTIVE),
+        "b": Standing(REPLACED),
+    }
+
+
+def test_two_authorisations_in_the_same_instant_leave_exactly_one_active() -> None:
+    result = states([authorised("x", 0), authorised("y", 0)])
+    assert sorted(s.state for s in result.values()) == [ACTIVE, REPLACED]
+
+
+@pytest.mark.parametrize("deauthorised", [None, 7, 25])
+def test_the_order_in_which_facts_arrive_does_not_matter(deauthorised: float | None) -> None:
+    facts = [
+        authorised("a", 0),
+        rotated("b", 5, "a", 60),
+        authorised("c", 10),
+        rotated("d", 20, "c", 30),
+        rotated("e", 30, "d", 30),
+    ]
+    expected = states(facts, deauthorised)
+    for order in itertools.permutations(facts):
+        assert states(list(order), deauthorised) == expected
+    # Applying facts one by one, deriving each time (as the writer does), ends in the same place.
+    for order in itertools.permutations(facts):
+        seen: list[CredentialFact] = []
+        for fact in order:
+            seen.append(fact)
+            result = states(seen, deauthorised)
+        assert result == expected
+
+
+def test_admits() -> None:
+    assert admits(ACTIVE, math.inf, 100.0)
+    assert admits(ROTATING, 100.0, 100.0)
+    assert not admits(ROTATING, 100.0, 100.001)
+    assert not admits(REPLACED, math.inf, 0.0)
+    assert not admits(REVOKED, math.inf, 0.0)
+
+
+def test_the_clients_scan_id_is_kept_when_usable() -> None:
+    assert scan_id_for({"scan_id": "scan-0001"}) == "scan-0001"
+    assert scan_id_for({"scan_id": "s" * 200}) == "s" * 200
+    for unusable in (
+        {},
+        {"scan_id": ""},
+        {"scan_id": 7},
+        {"scan_id": None},
+        {"scan_id": "s" * 201},
+        {"scan_id": ["a"]},
+    ):
+        assert uuid.UUID(scan_id_for(unusable)).version == 4
+
+
+def test_scan_ingested_bytes_is_the_contracts_event_with_the_body_as_sent() -> None:
+    body = b' {"scan_id": "s-1", "volume_m3": 12.5, "points": [[1, 2], [3, 4]], "big": 1e300} '
+    received_at = rfc3339(datetime(2026, 3, 1, 12, 0, 0, 1234, tzinfo=UTC))
+    assert received_at == "2026-03-01T12:00:00.001234Z"
+    raw = scan_ingested_bytes(
+        scan_id="s-1",
+        scanner_id="sc-1",
+        org_id="org-1",
+        credential_id="cred-1",
+        received_at=received_at,
+        body=body,
+    )
+    event = CloudEvent.from_bytes(raw)
+    data = parse_data(event)
+    expected = ScanIngested(
+        scan_id="s-1",
+        scanner_id="sc-1",
+        org_id="org-1",
+        credential_id="cred-1",
+        received_at=received_at,
+        size_bytes=len(body),
+        scan=orjson.loads(body),
+    )
+    assert data == expected
+    reference = new_event(expected, source=SOURCE)
+    assert (event.type, event.source, event.subject, event.datacontenttype, event.specversion) == (
+        reference.type,
+        reference.source,
+        reference.subject,
+        reference.datacontenttype,
+        "1.0",
+    )
+    assert event.time == datetime(2026, 3, 1, 12, 0, 0, 1234, tzinfo=UTC)
+    assert set(orjson.loads(raw)) == set(orjson.loads(reference.to_bytes()))
+    assert uuid.UUID(event.id)

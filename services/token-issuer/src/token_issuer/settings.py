@@ -1,0 +1,52 @@
+"""What the token-issuer reads from the environment (upper-case variable names)."""
+
+from __future__ import annotations
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from scanner_auth_shared.auth import JwtVerifier
+from scanner_auth_shared.settings import AesKey, DatabaseSettings, Pepper
+
+
+class Settings(DatabaseSettings):
+    http_port: int = 8001
+
+    # User JWT verification: AUTH_JWKS_URL or AUTH_PUBLIC_KEY_PEM (one is required).
+    auth_jwks_url: str | None = Field(None, description="JWKS endpoint of the identity provider")
+    auth_public_key_pem: str | None = Field(
+        None, validate_default=True, description="PEM public key (EC P-256 or RSA >= 2048)"
+    )
+    auth_issuer: str = Field(min_length=1, description="expected `iss` claim")
+    auth_audience: str = Field(min_length=1, description="expected `aud` claim")
+
+    # Secrets: refused when missing, short or a published default.
+    token_pepper: Pepper = Field(description="HMAC key of code_digest, at least 32 bytes")
+    sealing_key: AesKey = Field(description="AES-256 key (base64) sealing codes for the notifier")
+    code_encryption_key: AesKey = Field(description="AES-256 key (base64) for codes at rest")
+
+    token_ttl_seconds: int = Field(259200, ge=1, description="validity of a code")
+    expiry_sweep_interval_seconds: float = Field(1.0, gt=0)
+    expiry_sweep_batch_size: int = Field(500, ge=1)
+    # How often one user's roles, org and email are written to `principals_seen` at most.
+    principal_record_interval_seconds: float = Field(60.0, ge=0)
+
+    @field_validator("auth_jwks_url")
+    @classmethod
+    def _blank_is_none(cls, value: str | None) -> str | None:
+        return value.strip() or None if value is not None else None
+
+    @field_validator("auth_public_key_pem")
+    @classmethod
+    def _key_source(cls, value: str | None, info: ValidationInfo) -> str | None:
+        value = value.strip() or None if value is not None else None
+        if value is None:
+            if not info.data.get("auth_jwks_url"):
+                raise ValueError("or AUTH_JWKS_URL is required to verify user JWTs")
+            return None
+        try:
+            JwtVerifier(issuer="-", audience="-", public_key_pem=value)
+        except ValueError:
+            raise ValueError(
+                "is not a usable public key (a PEM EC P-256 or RSA >= 2048 bits key)"
+            ) from None
+        return value
