@@ -85,6 +85,16 @@ def create_broker(settings: ServiceSettings, service: str, **producer: Any) -> K
     )
 
 
+async def start_broker(broker: KafkaBroker) -> None:
+    """Like `broker.start()`, but subscribers join their groups concurrently: each join takes
+    about half the session timeout, and a service has several."""
+    await broker.connect()
+    await asyncio.gather(*(sub.start() for sub in broker.subscribers))
+    for pub in broker.publishers:
+        await pub.start()
+    broker.running = True
+
+
 async def _passthrough(msg: Any) -> Any:
     """Keep the body as bytes: parsing is ours, so that a bad message is ours to dead-letter."""
     return msg.body

@@ -24,6 +24,7 @@ from faststream.kafka import KafkaBroker
 from starlette.types import ASGIApp
 
 from .db import Database, asyncpg_dsn
+from .messaging import start_broker
 from .migrations import upgrade
 from .outbox import OutboxRelay
 from .settings import DatabaseSettings, ServiceSettings
@@ -91,7 +92,7 @@ class ServiceRuntime:
             self.database.connect()
         for hook in self.on_start:
             await hook()
-        await self.broker.start()
+        await start_broker(self.broker)
         if self.relay is not None:
             self._spawn("outbox-relay", self.relay.run)
         for name, task in self.background.items():
