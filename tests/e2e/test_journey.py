@@ -13,7 +13,7 @@ import pytest
 
 from scanner_auth.devstack import System
 from scanner_auth_shared.events import NOTIFICATIONS_TOPIC, PUBLIC_TOPIC, SCANS_TOPIC
-from scanner_auth_shared.testing.kafka import read_topic
+from scanner_auth_shared.testing.kafka import read_topic, wait_for_events
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -150,6 +150,16 @@ def test_the_journey_of_a_code(system: System) -> None:
     # re-authorised with a new code: the new credential works, the old ones stay refused
     second = generate(system, sid)
     secrets_seen += [second["code"], second["code"].replace("-", "")]
+    # The redeemer learns of a code from TokenIssued; a person takes longer to type it.
+    asyncio.run(
+        wait_for_events(
+            system.bootstrap,
+            PUBLIC_TOPIC,
+            "TokenIssued",
+            match=lambda e: e.data["token_id"] == second["token_id"],
+        )
+    )
+    time.sleep(1.0)
     r = redeem(system, second["code"], scanner.serial_number)
     assert r.status_code == 201, r.text
     renewed = r.json()["credential"]
