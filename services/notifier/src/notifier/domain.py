@@ -13,6 +13,10 @@ SOURCE = "scanner-auth/notifier"
 
 NO_LONGER_ACTIVE = "the code is no longer active"
 OUTCOME_UNKNOWN = "delivery outcome unknown after a crash; not resent to avoid a duplicate"
+LOST_AFTER_DATA = (
+    "the connection to the mail relay was lost after the message was handed over; "
+    "outcome unknown, not resent to avoid a duplicate"
+)
 SEAL_BROKEN = "the sealed code cannot be opened with this SEALING_KEY"
 RETRIES_EXHAUSTED = "the code expires before the next attempt"
 
@@ -136,7 +140,15 @@ class PermanentFailure:
     error: str
 
 
-SendResult = Delivered | TransientFailure | PermanentFailure
+@dataclass(frozen=True, slots=True)
+class OutcomeUnknown:
+    """The message was on its way when the connection died: the relay may have it. Resending
+    could deliver it twice, so it is not resent (at most once)."""
+
+    error: str
+
+
+SendResult = Delivered | TransientFailure | PermanentFailure | OutcomeUnknown
 
 
 def is_permanent_reply(code: int) -> bool:

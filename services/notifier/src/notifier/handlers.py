@@ -40,6 +40,7 @@ from .adapters import repository as repo
 from .adapters.email import CodeEmail, EmailRenderer, InvalidRecipient
 from .domain import (
     Delivered,
+    OutcomeUnknown,
     PermanentFailure,
     SendResult,
     Status,
@@ -257,6 +258,16 @@ class Notifier:
         if isinstance(result, Delivered):
             metrics.SEND_SECONDS.labels("delivered").observe(elapsed)
             await self._sent(claimed, attempts, str(message["Message-ID"]))
+        elif isinstance(result, OutcomeUnknown):
+            metrics.SEND_SECONDS.labels("unknown").observe(elapsed)
+            await self._end(
+                claimed,
+                Status.FAILED,
+                attempts=attempts,
+                error=result.error,
+                permanent=False,
+                kind="unknown",
+            )
         elif isinstance(result, PermanentFailure):
             metrics.SEND_SECONDS.labels("permanent").observe(elapsed)
             await self._end(

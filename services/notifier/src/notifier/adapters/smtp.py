@@ -4,6 +4,8 @@ Every outcome becomes a `SendResult`:
 - 250 to the message: Delivered.
 - a 5xx reply to the recipient (RCPT) or to the message (DATA): PermanentFailure.
 - a 4xx reply anywhere, a connection refused, lost or timed out: TransientFailure.
+- the connection lost or timed out after the relay said 354 and the message went on its way:
+  OutcomeUnknown. The relay may have accepted it; resending could deliver it twice.
 - a refusal while setting up the session (greeting, EHLO, STARTTLS, AUTH, MAIL FROM), even a
   5xx: TransientFailure. It says the relay or our configuration of it is wrong (a bad password,
   say), not that this email can never be delivered: the email waits, with backoff and until its
@@ -20,11 +22,21 @@ from typing import Literal
 
 import aiosmtplib
 from aiosmtplib import (
+    SMTPRecipientRefused,
     SMTPRecipientsRefused,
     SMTPResponseException,
 )
+from aiosmtplib.email import extract_recipients, extract_sender, flatten_message
 
-from ..domain import Delivered, PermanentFailure, SendResult, TransientFailure, is_permanent_reply
+from ..domain import (
+    LOST_AFTER_DATA,
+    Delivered,
+    OutcomeUnknown,
+    PermanentFailure,
+    SendResult,
+    TransientFailure,
+    is_permanent_reply,
+)
 
 log = logging.getLogger("scanner_auth.notifier.smtp")
 
@@ -98,7 +110,7 @@ class SmtpRelay:
         # 2. The transaction: MAIL FROM, RCPT TO, DATA.
         try:
             try:
-                await client.send_message(message)
+                after_data = await self._transaction(client, message)
             except SMTPRecipientsRefused as exc:
                 codes = [r.code for r in exc.recipients]
                 text = "; ".join(_reply(r) for r in exc.recipients)
@@ -121,9 +133,53 @@ class SmtpRelay:
                 return TransientFailure(
                     f"lost the connection to the mail relay {where}: {type(exc).__name__}"
                 )
-            return Delivered()
+            return after_data
         finally:
             await _close(client)
+
+    async def _transaction(self, client: aiosmtplib.SMTP, message: EmailMessage) -> SendResult:
+        """MAIL, RCPT, DATA by hand (what `send_message` does), so that a connection lost
+        before the relay had the message (safe to retry) is told apart from one lost after
+        (the outcome is unknown)."""
+        sender = extract_sender(message)
+        recipients = extract_recipients(message)
+        if sender is None or not recipients:
+            return PermanentFailure("the email has no sender or no recipient")
+        options = ["BODY=8BITMIME"] if client.supports_extension("8BITMIME") else []
+        flat = flatten_message(message, cte_type="8bit" if options else "7bit")
+        await client.mail(sender, options=options)
+        refused = []
+        for recipient in recipients:
+            try:
+                await client.rcpt(recipient)
+            except SMTPRecipientRefused as exc:
+                refused.append(exc)
+        if refused:
+            raise SMTPRecipientsRefused(refused)
+        start = await client.execute_command(b"DATA")
+        if start.code != 354:
+            raise aiosmtplib.SMTPDataError(start.code, start.message)
+        protocol = client.protocol
+        if protocol is None:
+            return TransientFailure("lost the connection to the mail relay before the message")
+        try:
+            protocol.write(_dot_stuffed(flat))
+            reply = await protocol.read_response(timeout=self.timeout)
+        except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError, OSError):
+            client.close()
+            return OutcomeUnknown(LOST_AFTER_DATA)
+        if reply.code == 250:
+            return Delivered()
+        raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+
+
+def _dot_stuffed(message: bytes) -> bytes:
+    """CRLF line endings, leading dots doubled, and the terminating dot line (RFC 5321)."""
+    lines = message.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    body = b"\r\n".join(b"." + line if line.startswith(b".") else line for line in lines)
+    return body + b"\r\n.\r\n"
 
 
 async def _close(client: aiosmtplib.SMTP) -> None:
