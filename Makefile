@@ -9,8 +9,11 @@ ifeq ($(UV),)
 UV := .tools/bin/uv
 endif
 ACCEPTANCE := ../shared/acceptance/run
+# Debian's Chromium for the browser tests (tests/ui); Playwright never downloads a browser.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: run test install lint typecheck unit integration e2e acceptance clean help
+.PHONY: run test install lint typecheck unit integration e2e acceptance contracts clean help
 
 help:
 	@echo "make run    start the whole system with embedded infrastructure (scanner-auth dev)"
@@ -19,6 +22,10 @@ help:
 .tools/bin/uv:
 	python3 -m venv .tools
 	.tools/bin/python -m pip install --quiet --disable-pip-version-check uv
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 
 install: $(UV)
 	$(UV) sync --frozen --all-packages
@@ -36,9 +43,12 @@ typecheck: install
 unit: install
 	$(UV) run --frozen pytest -m unit
 
-test: install lint typecheck
+test: install $(CHROMIUM) lint typecheck
 	$(UV) run --frozen pytest
 	@if [[ -x $(ACCEPTANCE) ]]; then $(ACCEPTANCE); else echo "acceptance checks not found at $(ACCEPTANCE): skipped"; fi
+
+contracts: install
+	$(UV) run --frozen scanner-auth contracts
 
 acceptance: install
 	$(ACCEPTANCE)

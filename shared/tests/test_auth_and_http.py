@@ -94,3 +94,31 @@ def test_forwarded_for_is_believed_only_from_trusted_proxies():
     assert client_address("10.1.2.3", "garbage", trusted) == "10.1.2.3"
     assert client_address("10.1.2.3", None, trusted) == "10.1.2.3"
     assert client_address("10.1.2.3", "198.51.100.7", ()) == "10.1.2.3"
+
+
+async def test_an_outage_answers_503_and_a_bug_500_and_neither_says_more():
+    import httpx
+    from starlette.routing import Route
+
+    from scanner_auth_shared.api import starlette_app
+    from scanner_auth_shared.messaging import create_broker
+    from scanner_auth_shared.runtime import ServiceRuntime
+    from scanner_auth_shared.settings import ServiceSettings
+
+    async def outage(_):  # type: ignore[no-untyped-def]
+        raise ConnectionRefusedError("db at 10.0.0.5 refused YD20-66YF-H255")
+
+    async def bug(_):  # type: ignore[no-untyped-def]
+        raise RuntimeError("secret detail sac1_abcdefghijklmnop")
+
+    settings = ServiceSettings()
+    runtime = ServiceRuntime(name="t", settings=settings, broker=create_broker(settings, "t"))
+    app = starlette_app(runtime, [Route("/outage", outage), Route("/bug", bug)])
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        r = await client.get("/outage")
+        assert r.status_code == 503 and r.headers["retry-after"] == "5"
+        assert r.headers["content-type"] == "application/problem+json"
+        assert "10.0.0.5" not in r.text and "YD20" not in r.text
+        r = await client.get("/bug")
+        assert r.status_code == 500 and "sac1_" not in r.text and "secret" not in r.text

@@ -25,6 +25,8 @@ commands:
                        applies its migrations first unless MIGRATE_ON_START=false
   migrate SERVICE      apply that service's database migrations and exit
   mail                 list the mails the dev SMTP sink kept
+  contracts [--check]  regenerate the AsyncAPI and OpenAPI documents in contracts/, or
+                       (--check) exit 1 naming those that are out of date
 
 services: token-issuer (8001), redeemer (8002), scan-ingest (8003), notifier (8004).
 Configuration variables: see the README, section "Configuration".
@@ -83,6 +85,12 @@ def cmd_mail(args: argparse.Namespace) -> None:
     list_mail(Path(args.data_dir))
 
 
+def cmd_contracts(args: argparse.Namespace) -> None:
+    from .contracts import DEFAULT_DIR, main
+
+    raise SystemExit(main(Path(args.dir) if args.dir else DEFAULT_DIR, check=args.check))
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="scanner-auth",
@@ -111,6 +119,15 @@ def parser() -> argparse.ArgumentParser:
     mail = sub.add_parser("mail", help="list the mails the dev SMTP sink kept")
     mail.add_argument("--data-dir", default=data_dir)
     mail.set_defaults(func=cmd_mail)
+
+    contracts = sub.add_parser(
+        "contracts", help="regenerate the AsyncAPI and OpenAPI documents in contracts/"
+    )
+    contracts.add_argument(
+        "--check", action="store_true", help="change nothing; exit 1 naming stale documents"
+    )
+    contracts.add_argument("--dir", help="where they are (default: contracts/ of the repository)")
+    contracts.set_defaults(func=cmd_contracts)
     return p
 
 

@@ -135,6 +135,32 @@ class Stack:
             envs[name] = env
         return envs
 
+    def enable_ui_dev_identities(
+        self, demo: DemoDirectory, lifetime: timedelta = timedelta(hours=12)
+    ) -> Path:
+        """The demo users and their JWTs in a file (readable by this user only) that the
+        token-issuer serves to its /ui/ page's "Acting as" picker. Dev and tests only."""
+        path = self.root / "ui-dev-identities.json"
+        users = [
+            {
+                "user_id": u.user_id,
+                "label": u.label,
+                "display_name": u.display_name,
+                "email": u.email,
+                "org_id": u.org_id,
+                "token": self.identity.mint(
+                    u.user_id, u.org_id, list(u.roles), u.email, lifetime=lifetime
+                ),
+            }
+            for u in demo.users
+        ]
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump({"users": users}, out)
+        self.extra_env.setdefault("token-issuer", {})["UI_DEV_IDENTITIES_FILE"] = str(path)
+        return path
+
     def start_services(self, timeout: float = 90) -> None:
         for name, env in self.service_env().items():
             svc = ServiceProcess(
@@ -239,8 +265,9 @@ def run_dev(root: Path, *, smtp_port: int = 0, quiet: bool = False) -> int:
         print("scanner-auth dev: starting PostgreSQL, the broker and the SMTP sink…", flush=True)
         stack.start_infrastructure()
         print("scanner-auth dev: starting the four services…", flush=True)
-        stack.start_services()
         demo = DemoDirectory()
+        stack.enable_ui_dev_identities(demo)
+        stack.start_services()
         stack.publish(*demo.events())
         _print_welcome(stack, demo, time.monotonic() - started, quiet)
         while True:
@@ -280,6 +307,8 @@ def _print_welcome(stack: Stack, demo: DemoDirectory, took: float, quiet: bool) 
             else f"    {name:<13} {svc.url}"
         )
     lines += [
+        f"    {'web page':<13} {stack.services['token-issuer'].url}/ui/   "
+        "(act as any demo user there)",
         "  infrastructure",
         f"    postgresql    {stack.postgres.url('<service>')}",
         f"    kafka         {stack.broker.bootstrap}",

@@ -3,6 +3,7 @@ with RFC 9457 problem responses, /healthz, /readyz, /metrics and request metrics
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,8 +16,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from .http import MetricsMiddleware, ProblemResponse, ops_routes
+from .db import is_infrastructure_error
+from .http import PROBLEM, MetricsMiddleware, ProblemResponse, ops_routes
 from .runtime import ServiceRuntime, lifespan_for
+
+log = logging.getLogger("scanner_auth.api")
 
 _TITLES = {
     400: "Bad Request",
@@ -88,6 +92,32 @@ async def _validation_error(_: Request, exc: Exception) -> Response:
     return problem(422, "the request is malformed", errors=errors)
 
 
+_UNAVAILABLE_DOC: dict[int | str, dict[str, Any]] = {
+    503: {
+        "description": "A dependency (the database or Kafka) is unreachable for a moment; "
+        "`Retry-After` says when to try again.",
+        "content": {PROBLEM: {}},
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds to wait before trying again.",
+                "schema": {"type": "integer"},
+            }
+        },
+    }
+}
+
+
+async def _unexpected(_: Request, exc: Exception) -> Response:
+    # An outage is the client's cue to retry; anything else is our bug. Neither says more.
+    if is_infrastructure_error(exc):
+        log.warning("dependency unavailable", extra={"error": type(exc).__name__})
+        return problem(
+            503, "temporarily unavailable; try again shortly", headers={"Retry-After": "5"}
+        )
+    log.error("unhandled error", exc_info=exc)
+    return problem(500, "an unexpected error occurred")
+
+
 def fastapi_app(
     runtime: ServiceRuntime,
     *,
@@ -105,10 +135,11 @@ def fastapi_app(
         exception_handlers={
             StarletteHTTPException: _http_exception,
             RequestValidationError: _validation_error,
+            Exception: _unexpected,
         },
     )
     for router in routers:
-        app.include_router(router)
+        app.include_router(router, responses=_UNAVAILABLE_DOC)
     app.add_middleware(MetricsMiddleware, service=runtime.name)
     runtime.app = app
     return app
@@ -119,7 +150,7 @@ def starlette_app(runtime: ServiceRuntime, routes: Sequence[BaseRoute] = ()) -> 
         routes=[*ops_routes(runtime.readiness), *routes],
         lifespan=lifespan_for(runtime),
         middleware=[Middleware(MetricsMiddleware, service=runtime.name)],
-        exception_handlers={StarletteHTTPException: _http_exception},
+        exception_handlers={StarletteHTTPException: _http_exception, Exception: _unexpected},
     )
     runtime.app = app
     return app

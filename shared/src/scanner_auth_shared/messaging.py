@@ -196,6 +196,46 @@ def subscribe_events(
                 await asyncio.sleep(backoff * (1 + random.random() / 2))
                 backoff = min(backoff * 2, 30.0 if infrastructure else 5.0)
 
+    # For the AsyncAPI document (`scanner-auth contracts`): what this consumer reads, each of its
+    # types' data in the CloudEvents envelope. The body itself stays raw bytes, since parsing is
+    # ours (poison is ours to dead-letter): a pass-through validator with the envelopes as its
+    # JSON schema. scanner_auth.contracts.event_body() builds the same for what is published.
+    import functools
+    import operator
+    from typing import Annotated, Literal
+
+    from pydantic import Field, PlainValidator, create_model
+
+    from .events import EVENT_TYPES
+
+    envelopes = [
+        create_model(
+            f"{model.event_type}Event",
+            __base__=CloudEvent,
+            __doc__=f"{model.event_type}, in its CloudEvents envelope. {model.__doc__}",
+            type=(Literal[model.event_type], Field(description="The event type.")),  # type: ignore[arg-type]
+            data=(model, Field(description=f"The {model.event_type} data.")),
+        )
+        for name, model in sorted(EVENT_TYPES.items())
+        if (name in types if types is not None else model.topic == topic)
+    ]
+    documented: Any = (
+        Annotated[functools.reduce(operator.or_, envelopes), Field(discriminator="type")]
+        if len(envelopes) > 1
+        else envelopes[0]
+    )
+
+    def one_of(schema: dict[str, Any]) -> None:
+        # A lone $ref would be read by faststream as its definitions' first entry.
+        if "$ref" in schema:
+            schema["oneOf"] = [{"$ref": schema.pop("$ref")}]
+
+    on_message.__annotations__["body"] = Annotated[
+        bytes,
+        PlainValidator(lambda body: body, json_schema_input_type=documented),
+        Field(json_schema_extra=one_of),
+    ]
+
     subscriber = broker.subscriber(
         topic,
         group_id=group_id,

@@ -206,6 +206,8 @@ def lifespan_for(
 
 async def serve(runtime: ServiceRuntime) -> None:
     """Run the service's HTTP app (whose lifespan starts and stops everything) under uvicorn."""
+    import signal
+
     import uvicorn
 
     assert runtime.app is not None
@@ -221,7 +223,17 @@ async def serve(runtime: ServiceRuntime) -> None:
         loop="auto",
         http="auto",
     )
-    server = uvicorn.Server(config)
+
+    class Server(uvicorn.Server):
+        # Once shut down, uvicorn raises the signal that stopped it again, so that the process
+        # dies of it (exit 143 for SIGTERM). SIGTERM is how Kubernetes and `scanner-auth dev`
+        # ask for a graceful stop: when it is done, the process exits 0.
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            if sig == signal.SIGTERM:
+                self._captured_signals.remove(sig)
+
+    server = Server(config)
     await server.serve()
     if not server.started:
         raise SystemExit(3)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from scanner_auth_shared.api import starlette_app
 from scanner_auth_shared.db import asyncpg_dsn
+from scanner_auth_shared.events import NotificationFailed, NotificationSent
 from scanner_auth_shared.messaging import create_broker
 from scanner_auth_shared.runtime import ServiceRuntime
 from scanner_auth_shared.settings import aes_key_bytes
@@ -18,6 +19,8 @@ from .sender import Sender
 from .settings import Settings
 
 SERVICE = "notifier"
+# What it publishes through its outbox (the AsyncAPI document: `scanner-auth contracts`).
+PUBLISHES = (NotificationSent, NotificationFailed)
 
 
 def build(settings: Settings) -> ServiceRuntime:

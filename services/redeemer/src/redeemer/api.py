@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter
+from pydantic import BaseModel, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -107,9 +108,35 @@ _REDEEM_DOC: dict[str, Any] = {
         }}},
     },
 }
+class AuthorisationGranted(BaseModel):
+    """What a scanner receives once, on redeeming its code (documentation of the 201)."""
+
+    scanner_id: str = Field(description="The scanner the code was issued for.")
+    credential_id: str = Field(description="Id of the credential (not secret).")
+    credential: str = Field(description="The scanner's credential: an opaque string of at least "
+                                        "256 random bits, shown once; send it as `Authorization: "
+                                        "Bearer <credential>` to scan-ingest.")
+    authorised_at: datetime = Field(description="When (RFC 3339, UTC).")
+
+
+class CredentialIssued(BaseModel):
+    """The new credential of a rotation (documentation of the 201)."""
+
+    credential_id: str = Field(description="Id of the new credential.")
+    credential: str = Field(description="The new credential, shown once.")
+    previous_valid_until: datetime = Field(
+        description="The credential presented keeps working until then (RFC 3339, UTC)."
+    )
+
+
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again.",
+                                "schema": {"type": "integer"}}}
+_UNAVAILABLE = {"description": "The database is unreachable for a moment; `Retry-After` says "
+                               "when to try again.", "content": {PROBLEM: {}},
+                "headers": _RETRY_AFTER}
 _REDEEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    201: {"description": "Authorised: `{scanner_id, credential_id, credential, authorised_at}`. "
-                         "The credential is shown once; only its digest is kept."},
+    201: {"description": "Authorised. The credential is shown once; only its digest is kept.",
+          "model": AuthorisationGranted},
     400: {"description": "The code was not accepted for this scanner (unknown, expired, used, "
                          "revoked, or another scanner's): always the same body.",
           "content": {PROBLEM: {}}},
@@ -117,15 +144,18 @@ _REDEEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     422: {"description": "A malformed body, or a code with a typo (not counted as an attempt).",
           "content": {PROBLEM: {}}},
     429: {"description": "Too many failed attempts for this serial number or from this address; "
-                         "`Retry-After` says when to try again.", "content": {PROBLEM: {}}},
+                         "`Retry-After` says when to try again.", "content": {PROBLEM: {}},
+          "headers": _RETRY_AFTER},
+    503: _UNAVAILABLE,
 }
 _ROTATE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    201: {"description": "`{credential_id, credential, previous_valid_until}`: the new credential "
-                         "works at once, the old one until previous_valid_until."},
+    201: {"description": "The new credential works at once, the old one until "
+                         "previous_valid_until.", "model": CredentialIssued},
     401: {"description": "No credential, or not one this service issued.",
           "content": {PROBLEM: {}}},
     403: {"description": "The credential was replaced, revoked or already rotated.",
           "content": {PROBLEM: {}}},
+    503: _UNAVAILABLE,
 }
 
 

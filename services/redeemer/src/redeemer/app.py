@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from scanner_auth_shared.api import fastapi_app
+from scanner_auth_shared.events import AuthorisationRejected, CredentialRotated, ScannerAuthorised
 from scanner_auth_shared.http import parse_networks
 from scanner_auth_shared.messaging import create_broker
 from scanner_auth_shared.runtime import ServiceRuntime
@@ -14,6 +15,8 @@ from .handlers import Redeemer
 from .settings import Settings
 
 NAME = "redeemer"
+# What it publishes through its outbox (the AsyncAPI document: `scanner-auth contracts`).
+PUBLISHES = (ScannerAuthorised, CredentialRotated, AuthorisationRejected)
 
 
 def build(settings: Settings) -> ServiceRuntime:

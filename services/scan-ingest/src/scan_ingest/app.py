@@ -8,6 +8,7 @@ from faststream.kafka import KafkaBroker
 
 from scanner_auth_shared.api import starlette_app
 from scanner_auth_shared.db import asyncpg_dsn
+from scanner_auth_shared.events import ScanIngested
 from scanner_auth_shared.http import parse_networks
 from scanner_auth_shared.messaging import create_broker
 from scanner_auth_shared.runtime import ServiceRuntime
@@ -20,6 +21,8 @@ from .handlers import GateWriter
 from .settings import Settings
 
 SERVICE = "scan-ingest"
+# What it publishes, straight to Kafka (the AsyncAPI document: `scanner-auth contracts`).
+PUBLISHES = (ScanIngested,)
 # Room for the CloudEvents envelope around the largest accepted body.
 ENVELOPE_ALLOWANCE_BYTES = 64 * 1024
 

@@ -6,10 +6,17 @@ from pathlib import Path
 
 from scanner_auth_shared.api import fastapi_app
 from scanner_auth_shared.auth import JwtVerifier
+from scanner_auth_shared.events import (
+    ScannerDeauthorised,
+    TokenEmailRequested,
+    TokenExpired,
+    TokenIssued,
+    TokenRevoked,
+)
 from scanner_auth_shared.messaging import create_broker
 from scanner_auth_shared.runtime import ServiceRuntime
 
-from . import api, consumers
+from . import api, consumers, ui
 from .handlers import SERVICE, TokenIssuer
 from .settings import Settings
 
@@ -17,6 +24,8 @@ DESCRIPTION = (
     "Generates, shows, revokes, expires and emails the authorisation codes that scanners "
     "redeem, with role- and organisation-checked access, and deauthorises scanners."
 )
+# What it publishes through its outbox (the AsyncAPI document: `scanner-auth contracts`).
+PUBLISHES = (TokenIssued, TokenRevoked, TokenExpired, ScannerDeauthorised, TokenEmailRequested)
 
 
 def build(settings: Settings) -> ServiceRuntime:
@@ -38,4 +47,5 @@ def build(settings: Settings) -> ServiceRuntime:
     app = fastapi_app(runtime, title="scanner-auth token-issuer", description=DESCRIPTION,
                       routers=[api.router])
     api.install(app, issuer=issuer, authenticator=api.Authenticator(verifier, issuer))
+    ui.mount(app, settings)  # the reference web page at /ui/
     return runtime

@@ -7,6 +7,8 @@ from pydantic import Field, ValidationInfo, field_validator
 from scanner_auth_shared.auth import JwtVerifier
 from scanner_auth_shared.settings import AesKey, DatabaseSettings, Pepper
 
+from .ui import host_origins
+
 
 class Settings(DatabaseSettings):
     http_port: int = 8001
@@ -29,6 +31,21 @@ class Settings(DatabaseSettings):
     expiry_sweep_batch_size: int = Field(500, ge=1)
     # How often one user's roles, org and email are written to `principals_seen` at most.
     principal_record_interval_seconds: float = Field(60.0, ge=0)
+
+    # The reference web page at /ui/ (token_issuer/ui/README.md).
+    ui_enabled: bool = Field(True, description="serve the reference web page at /ui/")
+    ui_host_origins: str = Field(
+        "", description="origins that may frame /ui/ and post it a token, comma-separated"
+    )
+    ui_dev_identities_file: str | None = Field(
+        None, description="`scanner-auth dev` only: the demo users' JWTs for the /ui/ picker"
+    )
+
+    @field_validator("ui_host_origins")
+    @classmethod
+    def _host_origins(cls, value: str) -> str:
+        host_origins(value)  # a ValueError names the first malformed origin
+        return value
 
     @field_validator("auth_jwks_url")
     @classmethod
