@@ -149,12 +149,13 @@ class Load:
         ref: Callable[[httpx.Response], str],
         headers: dict[str, str] | None = None,
     ) -> threading.Event:
-        """A request whose body trickles in for about 1.5 s: SIGTERM finds it in flight. The
-        event is set once its headers are sent (the server has accepted the connection)."""
+        """A request whose body trickles in for about 3 s: SIGTERM finds it in flight. The
+        event is set once its headers and first bytes are sent (the server has accepted the
+        connection; the caller then gives a busy server time to read them)."""
         sending = threading.Event()
 
         def trickle() -> Iterator[bytes]:
-            step = max(1, len(body) // 5)
+            step = max(1, len(body) // 10)
             for i in range(0, len(body), step):
                 yield body[i : i + step]
                 sending.set()
@@ -396,7 +397,9 @@ def test_sigterm_during_load_loses_nothing_and_exits_cleanly(system: System) -> 
                 tracked_emails.append(request_email(system))
             else:
                 assert in_flight(name).wait(10), "the in-flight request did not start"
-                time.sleep(0.1)
+                # A request the server has not read yet when SIGTERM comes is refused, not in
+                # flight: on a busy machine the event loop may take a while to read it.
+                time.sleep(0.6)
             load.phase[name] = "stopping"
             started = time.monotonic()
             code = service.stop(signal.SIGTERM, timeout=GRACE_SECONDS)

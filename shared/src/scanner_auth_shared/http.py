@@ -77,6 +77,9 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, service: str) -> None:
         self.app = app
         self.service = service
+        # (route template, status) -> its counter and histogram: `labels()` validates and locks
+        # on every call, about as much CPU as the rest of this middleware (bench/README.md).
+        self._series: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -96,10 +99,14 @@ class MetricsMiddleware:
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
-            metrics.HTTP_REQUESTS.labels(self.service, template, str(status)).inc()
-            metrics.HTTP_LATENCY.labels(self.service, template).observe(
-                time.perf_counter() - started
-            )
+            series = self._series.get((template, status))
+            if series is None:
+                series = self._series[(template, status)] = (
+                    metrics.HTTP_REQUESTS.labels(self.service, template, str(status)),
+                    metrics.HTTP_LATENCY.labels(self.service, template),
+                )
+            series[0].inc()
+            series[1].observe(time.perf_counter() - started)
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

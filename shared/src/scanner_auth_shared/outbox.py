@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
+from aiokafka.partitioner import murmur2
 from sqlalchemy import text
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -118,9 +119,14 @@ class OutboxRelay:
         service: str,
         poll_interval: float = 1.0,
         batch_size: int = 1000,
+        producer: Callable[[], Any] | None = None,
     ) -> None:
+        """`producer`, when given, returns the started aiokafka producer (or None): the relay
+        then hands Kafka whole record batches (`send_batch`) instead of calling `send` once per
+        row: about three times the events per second (bench/README.md)."""
         self.dsn = dsn
         self.send = send
+        self.producer = producer
         self.service = service
         self.poll_interval = poll_interval
         self.batch_size = batch_size
@@ -199,12 +205,19 @@ class OutboxRelay:
         metrics.OUTBOX_PENDING.labels(self.service).set(len(rows))
         if not rows:
             return 0
-        futures = []
-        for row in rows:
-            key = row["key"].encode() if row["key"] is not None else None
-            headers = {"content-type": "application/cloudevents+json", "ce-type": row["event_type"]}
-            futures.append(await self.send(row["topic"], key, bytes(row["payload"]), headers))
-        await asyncio.gather(*futures)
+        producer = self.producer() if self.producer is not None else None
+        if producer is not None:
+            await asyncio.gather(*await _send_batches(producer, rows))
+        else:
+            futures = []
+            for row in rows:
+                key = row["key"].encode() if row["key"] is not None else None
+                headers = {
+                    "content-type": "application/cloudevents+json",
+                    "ce-type": row["event_type"],
+                }
+                futures.append(await self.send(row["topic"], key, bytes(row["payload"]), headers))
+            await asyncio.gather(*futures)
         await conn.execute(
             "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
         )
@@ -217,3 +230,39 @@ class OutboxRelay:
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
+
+
+_CONTENT_TYPE = ("content-type", b"application/cloudevents+json")
+
+
+async def _send_batches(producer: Any, rows: Sequence[asyncpg.Record]) -> list[Any]:
+    """Hand `rows` to Kafka as record batches, one per topic partition at a time, in id order
+    within each partition; the futures of their acknowledgements.
+
+    The same records as one `send()` per row: key, value, the CloudEvents headers, the
+    producer's timestamp, and the partition Kafka's default partitioner chooses for the key
+    (murmur2, as the Java client and aiokafka; a row without a key goes to partition 0)."""
+    batches: dict[tuple[str, int], Any] = {}
+    futures: list[Any] = []
+    partitions: dict[str, list[int]] = {}
+    for row in rows:
+        topic = row["topic"]
+        known = partitions.get(topic)
+        if known is None:
+            known = partitions[topic] = sorted(await producer.partitions_for(topic))
+        key = row["key"].encode() if row["key"] is not None else None
+        partition = known[(murmur2(key) & 0x7FFFFFFF) % len(known)] if key is not None else known[0]
+        value = bytes(row["payload"])
+        headers = [_CONTENT_TYPE, ("ce-type", row["event_type"].encode())]
+        batch = batches.get((topic, partition))
+        if (
+            batch is None
+            or batch.append(timestamp=None, key=key, value=value, headers=headers) is None
+        ):
+            if batch is not None:  # full: send it, start the next one
+                futures.append(await producer.send_batch(batch, topic, partition=partition))
+            batch = batches[(topic, partition)] = producer.create_batch()
+            batch.append(timestamp=None, key=key, value=value, headers=headers)
+    for (topic, partition), batch in batches.items():
+        futures.append(await producer.send_batch(batch, topic, partition=partition))
+    return futures

@@ -206,6 +206,7 @@ def lifespan_for(
 
 async def serve(runtime: ServiceRuntime) -> None:
     """Run the service's HTTP app (whose lifespan starts and stops everything) under uvicorn."""
+    import gc
     import signal
 
     import uvicorn
@@ -234,6 +235,11 @@ async def serve(runtime: ServiceRuntime) -> None:
                 self._captured_signals.remove(sig)
 
     server = Server(config)
+    # Everything imported and built so far lives as long as the process: out of the garbage
+    # collector's sight, a full collection no longer walks it (about 110 ms of a stopped event
+    # loop every so often under load, the p99 of an upload; 9 ms after this: bench/README.md).
+    gc.collect()
+    gc.freeze()
     await server.serve()
     if not server.started:
         raise SystemExit(3)

@@ -89,19 +89,24 @@ _STATE_CODES = {state.label: int(state) for state in CredentialState}
 
 
 def _put(entries: dict[bytes, bytes], orgs: _Orgs, rows: Iterable[Sequence[Any]]) -> int:
-    """Pack each row (GateRow order) into `entries`. Hot at full load: one pass, no objects."""
+    """Pack each row (GateRow order) into `entries`. Hot at full load (a million rows): one
+    pass, no objects, names bound locally, organisations interned inline, one join instead of
+    two concatenations (about a quarter faster than the plain version, bench/README.md)."""
     count = 0
     pack = _HEADER.pack
-    intern = orgs.intern
+    codes = _STATE_CODES
+    index = orgs.index
+    join = b"".join
     for digest, credential_id, scanner_id, org_id, state, valid_until in rows:
         scanner = scanner_id.encode()
         if len(digest) != 32 or len(scanner) > 0xFFFF:
             continue  # not a credential digest / not a scanner id the header can hold
-        deadline = valid_until.timestamp() if valid_until is not None else _NO_DEADLINE
-        entries[bytes(digest)] = (
-            pack(_STATE_CODES[state], deadline, intern(org_id), len(scanner))
-            + scanner
-            + credential_id.encode()
+        org = index.get(org_id)
+        if org is None:
+            org = orgs.intern(org_id)
+        deadline = _NO_DEADLINE if valid_until is None else valid_until.timestamp()
+        entries[digest if type(digest) is bytes else bytes(digest)] = join(
+            (pack(codes[state], deadline, org, len(scanner)), scanner, credential_id.encode())
         )
         count += 1
     return count

@@ -1,0 +1,1071 @@
+"""`make bench`: every hot path of the system, each against a floor measured in the same run.
+
+Starts the system as `scanner-auth dev` does (embedded PostgreSQL, Tansu, an SMTP sink, the four
+services as `scanner-auth serve` processes), drives it from other processes (wrk for the ingest
+figures, an open-loop asyncio/httpx process at a fixed rate for token issue and redeem), prints
+one table and writes it as JSON under bench/results/. See bench/README.md.
+
+    python bench/run.py                     # full (about 8 minutes on 2 cores)
+    python bench/run.py --profile quick     # one run of each, fewer sizes (about 3 minutes)
+    python bench/run.py --only ingest,relay # some figures only
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from wrkload import Wrk, WrkResult
+
+from scanner_auth.devstack import ServiceProcess, Stack
+from scanner_auth_shared.crypto import generate_credential
+from scanner_auth_shared.db import asyncpg_dsn
+from scanner_auth_shared.events import (
+    DIRECTORY_TOPIC,
+    EventData,
+    ScannerRegistered,
+    UserUpserted,
+    new_event,
+)
+from scanner_auth_shared.infra import Mail, free_port
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+MARK = "BENCH_JSON "
+
+ORG = "org-bench"
+ADMIN = ("u-bench-admin", "admin@bench.example")
+RATE = 200.0  # requests/s of the token issue and redeem figures
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    runs: int  # runs per figure; the median is reported
+    seconds: int  # one measured wrk run
+    warmup: int  # wrk warm-up before each measured run, excluded
+    clients: tuple[int, ...]  # concurrent connections (the first size of scanners)
+    main_clients: int  # the headline figures'
+    scanners: tuple[int, ...]  # credentials in the gate (the first is the headline's)
+    samples: int  # journeys: redeem -> gate, email -> SMTP
+    rate_seconds: float  # token issue and redeem: measured seconds per run at RATE
+    rate_warmup: float  # token issue and redeem: warm-up seconds at RATE, excluded
+    relay_sizes: tuple[int, ...]
+    gate_sizes: tuple[int, ...]
+
+
+PROFILES = {
+    "full": Profile(
+        "full",
+        runs=3,
+        seconds=5,
+        warmup=1,
+        clients=(16, 64, 256),
+        main_clients=64,
+        scanners=(1_000, 100_000),
+        samples=40,
+        rate_seconds=3,
+        rate_warmup=1,
+        relay_sizes=(5_000, 20_000),
+        gate_sizes=(100_000, 1_000_000),
+    ),
+    "quick": Profile(
+        "quick",
+        runs=1,
+        seconds=3,
+        warmup=1,
+        clients=(64,),
+        main_clients=64,
+        scanners=(1_000,),
+        samples=12,
+        rate_seconds=3,
+        rate_warmup=1,
+        relay_sizes=(10_000,),
+        gate_sizes=(1_000_000,),
+    ),
+    # The harness's own test: every code path, figures meaningless.
+    "smoke": Profile(
+        "smoke",
+        runs=1,
+        seconds=1,
+        warmup=1,
+        clients=(8,),
+        main_clients=8,
+        scanners=(50,),
+        samples=2,
+        rate_seconds=0.25,
+        rate_warmup=0.1,
+        relay_sizes=(1_000,),
+        gate_sizes=(5_000,),
+    ),
+}
+FIGURES = ("ingest", "journeys", "rates", "relay", "gate")
+NEEDS = {  # the services each figure group starts
+    "ingest": {"scan-ingest"},
+    "journeys": {"token-issuer", "redeemer", "scan-ingest", "notifier"},
+    "rates": {"token-issuer", "redeemer"},
+}
+
+
+@dataclass
+class Figure:
+    key: str
+    label: str
+    value: str
+    floor: str
+    target: str
+    ok: bool | None
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def run_json(cmd: list[str], *, stdin: str | None = None, timeout: float = 900) -> Any:
+    out = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout)
+    line = next((ln for ln in out.stdout.splitlines() if ln.startswith(MARK)), None)
+    if out.returncode != 0 or line is None:
+        raise RuntimeError(
+            f"{cmd[1]} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+        )
+    return json.loads(line[len(MARK) :])
+
+
+def metric(url: str, name: str, labels: str = "") -> float:
+    """One sample of a service's /metrics (0 when absent)."""
+    text = httpx.get(url + "/metrics", timeout=10).text
+    pattern = re.compile(rf"^{re.escape(name)}{re.escape(labels)}\s+(\S+)$", re.M)
+    found = pattern.search(text)
+    return float(found.group(1)) if found else 0.0
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout}s")
+        time.sleep(every)
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    import uvicorn
+
+    return {
+        "cores": os.cpu_count(),
+        "cores_usable": len(os.sched_getaffinity(0)),
+        "cpu": model,
+        "load_average_at_start": os.getloadavg(),
+        "python": platform.python_version(),
+        "uvicorn": uvicorn.__version__,
+        "commit": commit,
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+class FloorServer:
+    """bench/floor_server.py as a process: scan-ingest's server with an empty handler."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**env, "HTTP_PORT": str(self.port)}
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> FloorServer:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HERE / "floor_server.py")],
+            env={**os.environ, **self.env},
+            stdout=open(self.log_path, "ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+        def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the floor server exited; see {self.log_path}")
+            try:
+                return httpx.get(self.url + "/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_until(ready, 60, "floor server ready")
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+
+
+class Bench:
+    def __init__(self, profile: Profile, figures: tuple[str, ...], root: Path) -> None:
+        self.p = profile
+        self.figures = figures
+        self.root = root
+        self.stack = Stack(root)
+        self.results: list[Figure] = []
+        self.scaling: dict[str, list[dict[str, Any]]] = {}
+        self.scanner_serial = 0
+        self.mail_times: list[tuple[float, Mail]] = []
+        self._admin_jwt = ""
+
+    # ---------------------------------------------------------------------------- life
+
+    def run(self) -> None:
+        services = set().union(*(NEEDS.get(f, set()) for f in self.figures))
+        log(f"starting the infrastructure and {', '.join(sorted(services)) or 'no service'}")
+        self.stack.start_infrastructure()
+        try:
+            if services:
+                self._start_services(services)
+                self._watch_mail()
+            for name in FIGURES:
+                if name in self.figures:
+                    log(f"figure group: {name}")
+                    getattr(self, name)()
+        finally:
+            log("stopping everything")
+            self.stack.stop()
+
+    def _start_services(self, names: set[str], timeout: float = 120) -> None:
+        """Like `Stack.start_services`, only the services these figures need."""
+        for name, env in self.stack.service_env().items():
+            if name in names:
+                svc = ServiceProcess(
+                    name, int(env["HTTP_PORT"]), env, self.root / "logs" / f"{name}.log"
+                )
+                self.stack.services[name] = svc
+                svc.start()
+        deadline = time.monotonic() + timeout
+        for svc in self.stack.services.values():
+            while not svc.ready():
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{svc.name} not ready within {timeout}s")
+                time.sleep(0.2)
+
+    def service(self, name: str) -> str:
+        return self.stack.services[name].url
+
+    def database(self, service: str) -> str:
+        return self.stack.services[service].env["DATABASE_URL"]
+
+    def sql(self, database: str, query: str) -> str:
+        assert self.stack.postgres is not None
+        return self.stack.postgres.psql(query, database).strip()
+
+    # ---------------------------------------------------------------------------- ingest
+
+    def ingest(self) -> None:
+        p = self.p
+        ingest = self.service("scan-ingest")
+        ingest_proc = self.stack.services["scan-ingest"].proc
+        assert ingest_proc is not None
+        wrk = Wrk(self.root)
+        credentials: list[str] = []
+        bad = wrk.credentials_file("bad", [generate_credential() for _ in range(1000)])
+        configs = [(p.scanners[0], c) for c in p.clients] + [
+            (s, p.main_clients) for s in p.scanners[1:]
+        ]
+        main = (p.scanners[0], p.main_clients)
+        runs: dict[tuple[str, int, int], list[Run]] = {}
+
+        def measure(kind: str, config: tuple[int, int], url: str, pid: int, creds: Path) -> None:
+            clients = config[1]
+            wrk.run(url, creds, connections=clients, seconds=p.warmup)  # warm-up, excluded
+            accepted = accepted_count(ingest)
+            cpu = cpu_seconds(pid)
+            result = wrk.run(url, creds, connections=clients, seconds=p.seconds)
+            run = Run(
+                result,
+                cpu_us=(cpu_seconds(pid) - cpu) * 1e6 / max(1, result.requests),
+                acked=accepted_count(ingest) - accepted if kind == "accepted" else 0,
+            )
+            runs.setdefault((kind, *config), []).append(run)
+
+        floor_env = self.stack.services["scan-ingest"].env
+        with FloorServer(floor_env, self.root / "logs" / "bench-floor.log") as floor:
+            assert floor.proc is not None
+            for size in p.scanners:
+                self._seed_gate(credentials, size)
+                sample = random.sample(credentials, min(2000, len(credentials)))
+                good = wrk.credentials_file(f"good-{size}", sample)
+                for n in range(p.runs):
+                    for config in [c for c in configs if c[0] == size]:
+                        log(f"ingest run {n + 1}/{p.runs}: {size:,} scanners, {config[1]} clients")
+                        # Figure and floor back to back, alternating: the same machine state.
+                        measure("floor", config, floor.url, floor.proc.pid, good)
+                        measure("accepted", config, ingest, ingest_proc.pid, good)
+                        if config == main:
+                            measure("bad_floor", config, floor.url, floor.proc.pid, bad)
+                            measure("bad", config, ingest, ingest_proc.pid, bad)
+            peak = median([r.result.ok_rate for r in runs[("accepted", *main)]])
+            half = self._latency_at(wrk, ingest, good_file(wrk, p.scanners[0]), peak / 2)
+
+        def summary(kind: str, config: tuple[int, int]) -> dict[str, Any]:
+            these = runs[(kind, *config)]
+            ok = kind in ("floor", "accepted", "bad_floor")
+            return {
+                "per_s": median([r.result.ok_rate if ok else r.result.rate for r in these]),
+                "cpu_us_per_request": median([r.cpu_us for r in these]),
+                "p99_ms": median([r.result.p99_ms for r in these]),
+                "runs": [
+                    {
+                        "per_s": r.result.ok_rate if ok else r.result.rate,
+                        "requests": r.result.requests,
+                        "non_2xx": r.result.non_2xx,
+                        "errors": r.result.errors,
+                        "p50_ms": r.result.p50_ms,
+                        "p99_ms": r.result.p99_ms,
+                        "cpu_us_per_request": r.cpu_us,
+                        "kafka_acked_202": r.acked,
+                    }
+                    for r in these
+                ],
+            }
+
+        for kind, floor_kind, key, label, bound in (
+            (
+                "accepted",
+                "floor",
+                "ingest_accepted",
+                f"scan-ingest: authorised 1 KiB uploads, Kafka-acked ({main[0]:,} scanners, "
+                f"{main[1]} clients)",
+                0.7,
+            ),
+            (
+                "bad",
+                "bad_floor",
+                "ingest_bad_credential",
+                f"scan-ingest: uploads with a bad credential, 401 ({main[1]} clients)",
+                0.9,
+            ),
+        ):
+            fig, floor_ = summary(kind, main), summary(floor_kind, main)
+            ratio = fig["per_s"] / floor_["per_s"]
+            cpu_ratio = floor_["cpu_us_per_request"] / fig["cpu_us_per_request"]
+            these = runs[(kind, *main)]
+            if kind == "accepted":
+                # Every 2xx wrk counted is a 202 the service sent after Kafka's acknowledgement:
+                # the service's count covers wrk's, plus at most the requests in flight when
+                # the warm-up and the measured run stopped (wrk does not count those).
+                clean = all(
+                    r.result.non_2xx == 0
+                    and r.result.errors == 0
+                    and r.result.requests <= r.acked <= r.result.requests + 2 * main[1]
+                    for r in these
+                )
+            else:
+                clean = all(r.result.non_2xx == r.result.requests for r in these)
+            self.results.append(
+                Figure(
+                    key,
+                    label,
+                    f"{fig['per_s']:,.0f} req/s, {fig['cpu_us_per_request']:.0f} µs CPU/req",
+                    f"{floor_['per_s']:,.0f} req/s, {floor_['cpu_us_per_request']:.0f} µs "
+                    f"CPU/req; ratio {ratio:.2f} (CPU {cpu_ratio:.2f})",
+                    f"ratio ≥ {bound}",
+                    ratio >= bound and clean,
+                    {
+                        "figure": fig,
+                        "floor": floor_,
+                        "ratio": ratio,
+                        "cpu_ratio": cpu_ratio,
+                        "every_answer_as_expected": clean,
+                    },
+                )
+            )
+        self.results.append(half)
+        self.scaling["ingest"] = []
+        for config in configs:
+            fig, floor_ = summary("accepted", config), summary("floor", config)
+            self.scaling["ingest"].append(
+                {
+                    "scanners": config[0],
+                    "clients": config[1],
+                    "accepted_per_s": fig["per_s"],
+                    "floor_per_s": floor_["per_s"],
+                    "ratio": fig["per_s"] / floor_["per_s"],
+                    "cpu_us_per_request": fig["cpu_us_per_request"],
+                    "floor_cpu_us_per_request": floor_["cpu_us_per_request"],
+                    "cpu_ratio": floor_["cpu_us_per_request"] / fig["cpu_us_per_request"],
+                    "p99_ms": fig["p99_ms"],
+                    "floor_p99_ms": floor_["p99_ms"],
+                }
+            )
+
+    def _latency_at(self, wrk: Wrk, url: str, creds: Path, rate: float) -> Figure:
+        # Each connection waits `delay` ms between requests: connections * 1000 / delay req/s.
+        delay = 50
+        connections = base = max(1, round(rate * delay / 1000))
+        runs = []
+        for run in range(self.p.runs):
+            log(f"ingest latency run {run + 1}/{self.p.runs} at ~{rate:,.0f} req/s")
+            warm = wrk.run(
+                url, creds, connections=connections, seconds=self.p.warmup, delay_ms=delay
+            )
+            # A connection waits its delay plus its answer: more connections if the warm-up
+            # fell short of the rate.
+            if warm.rate > 0:
+                connections = min(4 * base, max(1, round(connections * rate / warm.rate)))
+            runs.append(
+                wrk.run(url, creds, connections=connections, seconds=self.p.seconds, delay_ms=delay)
+            )
+        p50 = median([r.p50_ms for r in runs])
+        p99 = median([r.p99_ms for r in runs])
+        achieved = median([r.rate for r in runs])
+        return Figure(
+            "ingest_latency_half_peak",
+            f"scan-ingest latency at half of peak ({achieved:,.0f} req/s, {connections} clients)",
+            f"p50 {p50:.2f} ms, p99 {p99:.2f} ms",
+            "",
+            "p99 ≤ 10 ms",
+            p99 <= 10,
+            {
+                "target_rate": rate,
+                "achieved_per_s": [r.rate for r in runs],
+                "p50_ms": [r.p50_ms for r in runs],
+                "p99_ms": [r.p99_ms for r in runs],
+                "max_ms": [r.max_ms for r in runs],
+                "not_accepted": sum(r.non_2xx + r.errors for r in runs),
+            },
+        )
+
+    def _seed_gate(self, credentials: list[str], size: int) -> None:
+        """Authorise `size` scanners in scan-ingest's gate table, as its writer would have, and
+        have every replica reload it (NOTIFY '*')."""
+        have = len(credentials)
+        if have >= size:
+            return
+        log(f"authorising {size - have:,} more scanners in the gate")
+        new = [generate_credential() for _ in range(size - have)]
+        now = datetime.now(UTC)
+        rows = [
+            (
+                hashlib.sha256(c.encode()).digest(),
+                str(uuid.uuid4()),
+                f"bench-{uuid.uuid4()}",
+                f"org-{i % 200}",
+                now,
+                "active",
+            )
+            for i, c in enumerate(new, start=have)
+        ]
+
+        async def insert() -> None:
+            conn = await asyncpg.connect(asyncpg_dsn(self.database("scan-ingest")))
+            try:
+                await conn.copy_records_to_table(
+                    "gate_credentials",
+                    records=rows,
+                    columns=[
+                        "credential_digest",
+                        "credential_id",
+                        "scanner_id",
+                        "org_id",
+                        "issued_at",
+                        "state",
+                    ],
+                )
+                await conn.execute("NOTIFY scan_ingest_gate, '*'")
+            finally:
+                await conn.close()
+
+        asyncio.run(insert())
+        credentials.extend(new)
+        ingest = self.service("scan-ingest")
+        wait_until(
+            lambda: metric(ingest, "scan_ingest_gate_credentials") >= size,
+            120,
+            "the gate loaded the bench scanners",
+        )
+
+    # ---------------------------------------------------------------------------- directory
+
+    def _register(self, count: int, prefix: str) -> list[tuple[str, str]]:
+        """Register `count` new scanners of the bench organisation in the directory and wait
+        until the token-issuer and the redeemer know them. Returns (scanner_id, serial)."""
+        scanners = []
+        for _ in range(count):
+            self.scanner_serial += 1
+            scanners.append(
+                (f"bench-{prefix}-{self.scanner_serial:06d}", f"BEN-{self.scanner_serial:07d}")
+            )
+        events: list[EventData] = [
+            UserUpserted(user_id=ADMIN[0], org_id=ORG, email=ADMIN[1], display_name="Bench Admin")
+        ]
+        events += [
+            ScannerRegistered(
+                scanner_id=sid, org_id=ORG, serial_number=serial, name=f"Bench {sid}", model="LVS"
+            )
+            for sid, serial in scanners
+        ]
+        asyncio.run(self._publish(events))
+        total = self.scanner_serial
+
+        def known(database: str) -> bool:
+            query = "SELECT count(*) FROM scanners WHERE scanner_id LIKE 'bench-%'"
+            return int(self.sql(database, query) or 0) >= total
+
+        wait_until(lambda: known("token_issuer"), 120, "the token-issuer knows the scanners")
+        wait_until(lambda: known("redeemer"), 120, "the redeemer knows the scanners")
+        return scanners
+
+    async def _publish(self, events: list[EventData]) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        assert self.stack.broker is not None
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.stack.broker.bootstrap, acks="all", enable_idempotence=False
+        )
+        await producer.start()
+        try:
+            futures = []
+            for data in events:
+                event = new_event(data, source="myscanner/directory")
+                futures.append(
+                    await producer.send(
+                        DIRECTORY_TOPIC, event.to_bytes(), key=(event.subject or "").encode()
+                    )
+                )
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+
+    def admin_jwt(self) -> str:
+        if not self._admin_jwt:
+            self._admin_jwt = self.stack.identity.mint(
+                ADMIN[0], ORG, ["admin"], ADMIN[1], lifetime=timedelta(hours=3)
+            )
+        return self._admin_jwt
+
+    def _issue(self, client: httpx.Client, scanner_id: str) -> str:
+        r = client.post(f"/v1/scanners/{scanner_id}/authorisation-token")
+        if r.status_code != 201:
+            raise RuntimeError(f"issue {scanner_id}: {r.status_code} {r.text[:200]}")
+        return str(r.json()["code"])
+
+    def _wait_tokens(self, scanners: list[tuple[str, str]], *, notifier: bool = False) -> None:
+        """Until the redeemer (and the notifier) know the active tokens of these scanners."""
+        ids = ",".join(f"'{sid}'" for sid, _ in scanners)
+        watched = [("redeemer", "tokens")] + ([("notifier", "token_states")] if notifier else [])
+        for database, table in watched:
+            query = f"SELECT count(DISTINCT scanner_id) FROM {table} WHERE scanner_id IN ({ids})"
+            wait_until(
+                lambda q=query, d=database: int(self.sql(d, q) or 0) >= len(scanners),
+                120,
+                f"the {database} knows the tokens",
+            )
+
+    # ---------------------------------------------------------------------------- journeys
+
+    def _watch_mail(self) -> None:
+        sink = self.stack.mail
+        assert sink is not None
+        keep = sink._keep
+
+        def timed_keep(mail: Mail) -> None:
+            # Called in the SMTP server's thread just before it answers 250 to DATA.
+            self.mail_times.append((time.perf_counter(), mail))
+            keep(mail)
+
+        sink._keep = timed_keep  # type: ignore[method-assign]
+
+    def journeys(self) -> None:
+        n = self.p.samples
+        gate_scanners = self._register(n, "j")
+        mail_scanners = self._register(3, "m")
+        issuer = httpx.Client(
+            base_url=self.service("token-issuer"),
+            timeout=30,
+            headers={"Authorization": f"Bearer {self.admin_jwt()}"},
+        )
+        redeemer = httpx.Client(base_url=self.service("redeemer"), timeout=30)
+        ingest = httpx.Client(base_url=self.service("scan-ingest"), timeout=30)
+        try:
+            codes = {sid: self._issue(issuer, sid) for sid, _ in gate_scanners + mail_scanners}
+            self._wait_tokens(gate_scanners + mail_scanners, notifier=True)
+
+            log(f"redeem 201 -> the gate accepts: {n} samples")
+            to_gate = []
+            for i, (sid, serial) in enumerate(gate_scanners):
+                r = redeemer.post(
+                    "/v1/authorisations",
+                    json={"code": codes[sid], "serial_number": serial},
+                    headers={"X-Forwarded-For": f"198.18.1.{i % 250 + 1}"},
+                )
+                if r.status_code != 201:
+                    raise RuntimeError(f"redeem: {r.status_code} {r.text[:200]}")
+                answered = time.perf_counter()
+                bearer = {"Authorization": f"Bearer {r.json()['credential']}"}
+                while True:
+                    status = ingest.post("/v1/scans", json={"n": i}, headers=bearer).status_code
+                    if status == 202:
+                        to_gate.append((time.perf_counter() - answered) * 1000)
+                        break
+                    if status != 401 or time.perf_counter() - answered > 10:
+                        raise RuntimeError(f"upload after redeem: {status}")
+                    time.sleep(0.002)
+                time.sleep(0.05)  # one journey at a time: latency, not throughput
+
+            log(f"email requested (202) -> SMTP 250: {n} samples")
+            to_smtp = []
+            for i in range(n):
+                sid = mail_scanners[i % len(mail_scanners)][0]
+                seen = len(self.mail_times)
+                r = issuer.post(f"/v1/scanners/{sid}/authorisation-token/email", json={})
+                if r.status_code != 202:
+                    raise RuntimeError(f"email: {r.status_code} {r.text[:200]}")
+                answered = time.perf_counter()
+                wait_until(lambda s=seen: len(self.mail_times) > s, 30, "the email", every=0.001)
+                to_smtp.append((self.mail_times[seen][0] - answered) * 1000)
+                time.sleep(0.05)
+        finally:
+            issuer.close()
+            redeemer.close()
+            ingest.close()
+
+        for key, label, samples, bound in (
+            ("redeem_to_gate", "redeem 201 → the gate accepts that scanner", to_gate, 100),
+            ("email_to_smtp", "email requested (202) → SMTP 250", to_smtp, 250),
+        ):
+            p99 = percentile(samples, 99)
+            self.results.append(
+                Figure(
+                    key,
+                    f"{label} ({len(samples)} journeys, one at a time)",
+                    f"p50 {percentile(samples, 50):.0f} ms, p99 {p99:.0f} ms",
+                    "",
+                    f"p99 ≤ {bound} ms",
+                    p99 <= bound,
+                    {"ms": samples},
+                )
+            )
+
+    # ---------------------------------------------------------------------------- rates
+
+    def rates(self) -> None:
+        p = self.p
+        warm = int(RATE * p.rate_warmup)
+        measured = max(10, int(RATE * p.rate_seconds))
+        issuer, redeemer = self.service("token-issuer"), self.service("redeemer")
+        jwt = self.admin_jwt()
+        issue_runs: list[dict[str, Any]] = []
+        redeem_runs: list[dict[str, Any]] = []
+        for run in range(p.runs):
+            scanners = self._register(warm + measured, "r")
+            log(f"token issue at {RATE:.0f}/s, run {run + 1}/{p.runs}")
+            job = {
+                "rate": RATE,
+                "patience": 10,
+                "warmup": warm,
+                "requests": [
+                    {
+                        "method": "POST",
+                        "url": f"{issuer}/v1/scanners/{sid}/authorisation-token",
+                        "headers": {"Authorization": f"Bearer {jwt}"},
+                    }
+                    for sid, _ in scanners
+                ],
+            }
+            issued = run_json([sys.executable, str(HERE / "rate_client.py")], stdin=json.dumps(job))
+            # Codes of every issued token, warm-up included (rate_client reports measured only).
+            issue_runs.append(issued)
+            # Redeem the codes of the measured issues that succeeded (a failure is counted in
+            # the issue figure's statuses, and fails it).
+            issued_codes = [
+                (json.loads(r["body"])["code"], scanner)
+                for r, scanner in zip(issued["results"], scanners[warm:], strict=True)
+                if r["status"] == 201
+            ]
+            codes = [code for code, _ in issued_codes]
+            measured_scanners = [scanner for _, scanner in issued_codes]
+            if not codes:
+                raise RuntimeError(f"issue: {Counter(r['status'] for r in issued['results'])}")
+            self._wait_tokens(measured_scanners)
+            log(f"redeem at {RATE:.0f}/s, run {run + 1}/{p.runs}")
+            rwarm = min(warm, len(codes) // 5)
+            job = {
+                "rate": RATE,
+                "patience": 10,
+                "warmup": rwarm,
+                "requests": [
+                    {
+                        "method": "POST",
+                        "url": f"{redeemer}/v1/authorisations",
+                        "json": {"code": code, "serial_number": serial},
+                        "headers": {"X-Forwarded-For": f"198.18.{i // 250 % 250}.{i % 250 + 1}"},
+                    }
+                    for i, (code, (_, serial)) in enumerate(
+                        zip(codes, measured_scanners, strict=True)
+                    )
+                ],
+            }
+            redeem_runs.append(
+                run_json([sys.executable, str(HERE / "rate_client.py")], stdin=json.dumps(job))
+            )
+
+        for key, label, runs, want in (
+            ("token_issue_at_200", "token issue (POST …/authorisation-token)", issue_runs, 201),
+            ("redeem_at_200", "redeem (POST /v1/authorisations)", redeem_runs, 201),
+        ):
+            p50s = [percentile([r["ms"] for r in run["results"]], 50) for run in runs]
+            p99s = [percentile([r["ms"] for r in run["results"]], 99) for run in runs]
+            statuses = Counter(r["status"] for run in runs for r in run["results"])
+            p99 = median(p99s)
+            self.results.append(
+                Figure(
+                    key,
+                    f"{label} at {RATE:.0f} req/s, open loop "
+                    f"({median([r['achieved_rate'] for r in runs]):.0f} sent/s)",
+                    f"p50 {median(p50s):.1f} ms, p99 {p99:.1f} ms; "
+                    f"{median([r['served_rate'] for r in runs]):.0f}/s served",
+                    "",
+                    "p99 ≤ 30 ms",
+                    p99 <= 30 and set(statuses) == {want},
+                    {
+                        "p50_ms": p50s,
+                        "p99_ms": p99s,
+                        "statuses": dict(statuses),
+                        "achieved_per_s": [r["achieved_rate"] for r in runs],
+                        "served_per_s": [r["served_rate"] for r in runs],
+                    },
+                )
+            )
+
+    # ---------------------------------------------------------------------------- relay, gate
+
+    def relay(self) -> None:
+        assert self.stack.postgres is not None and self.stack.broker is not None
+        url = self.stack.postgres.create_database("bench_relay")
+        sizes = ",".join(str(s) for s in self.p.relay_sizes)
+        log(f"outbox relay: backlogs of {sizes} events, {self.p.runs} runs")
+        out = run_json(
+            [
+                sys.executable,
+                str(HERE / "relay_bench.py"),
+                "--database-url",
+                url,
+                "--bootstrap",
+                self.stack.broker.bootstrap,
+                "--sizes",
+                sizes,
+                "--runs",
+                str(self.p.runs),
+            ]
+        )
+        rows = []
+        for size, d in out["sizes"].items():
+            rows.append(
+                {
+                    "events": int(size),
+                    "relay_per_s": d["relay_median"],
+                    "batched_relay_per_s": d["batched_relay_median"],
+                    "bare_producer_per_s": d["bare_median"],
+                    "ratio": d["relay_median"] / d["bare_median"],
+                    "batched_ratio": d["batched_relay_median"] / d["bare_median"],
+                    "runs": d,
+                }
+            )
+        self.scaling["relay"] = rows
+        head = rows[-1]
+        for key, label, rate, ratio in (
+            ("relay_drain", "as the services wire it: one publish per row", "relay", "ratio"),
+            (
+                "relay_drain_batched",
+                "given the producer: record batches (OutboxRelay(producer=…))",
+                "batched_relay",
+                "batched_ratio",
+            ),
+        ):
+            self.results.append(
+                Figure(
+                    key,
+                    f"outbox relay drain, {label} ({head['events']:,} events)",
+                    f"{head[rate + '_per_s']:,.0f} events/s",
+                    f"bare aiokafka {head['bare_producer_per_s']:,.0f}/s, ratio {head[ratio]:.2f}",
+                    "≥ 20,000 events/s",
+                    head[rate + "_per_s"] >= 20_000,
+                    out,
+                )
+            )
+
+    def gate(self) -> None:
+        assert self.stack.postgres is not None
+        url = self.stack.postgres.create_database("bench_gate")
+        sizes = ",".join(str(s) for s in self.p.gate_sizes)
+        log(f"gate: {sizes} scanners, {self.p.runs} loads each")
+        out = run_json(
+            [
+                sys.executable,
+                str(HERE / "gate_bench.py"),
+                "--database-url",
+                url,
+                "--sizes",
+                sizes,
+                "--runs",
+                str(self.p.runs),
+            ]
+        )
+        rows = [
+            {
+                "scanners": int(size),
+                "load_s": d["load_median_s"],
+                "exact_bytes_per_scanner": d["exact_bytes_per_scanner"],
+                "rss_bytes_per_scanner": d["rss_bytes_per_scanner"],
+                "runs": d,
+            }
+            for size, d in out["sizes"].items()
+        ]
+        self.scaling["gate"] = rows
+        head = rows[-1]
+        n = head["scanners"]
+        self.results.append(
+            Figure(
+                "gate_memory",
+                f"gate memory per authorised scanner ({n:,} scanners)",
+                f"{head['exact_bytes_per_scanner']:.0f} B "
+                f"({head['rss_bytes_per_scanner']:.0f} B resident)",
+                "",
+                "≤ 300 B",
+                head["rss_bytes_per_scanner"] <= 300,
+                head,
+            )
+        )
+        self.results.append(
+            Figure(
+                "gate_rebuild",
+                f"gate rebuild from its table ({n:,} scanners)",
+                f"{head['load_s']:.2f} s",
+                "",
+                "≤ 5 s (1,000,000)",
+                head["load_s"] <= 5 if n >= 1_000_000 else None,
+                head,
+            )
+        )
+
+
+@dataclass(frozen=True)
+class Run:
+    result: WrkResult
+    cpu_us: float  # CPU time of the server process per request
+    acked: float  # the service's count of Kafka-acknowledged uploads during the run
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def accepted_count(url: str) -> float:
+    return metric(url, "scan_ingest_uploads_total", '{outcome="accepted"}')
+
+
+def good_file(wrk: Wrk, size: int) -> Path:
+    return wrk.dir / f"good-{size}.txt"
+
+
+# -------------------------------------------------------------------------------- report
+
+
+def table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
+    out = [line.format(*headers), line.format(*("-" * w for w in widths))]
+    out += [line.format(*r) for r in rows]
+    return "\n".join(out)
+
+
+def report(bench: Bench, info: dict[str, Any], started: float) -> dict[str, Any]:
+    def verdict(ok: bool | None) -> str:
+        return "—" if ok is None else ("yes" if ok else "NO")
+
+    print()
+    print(
+        f"scanner-auth bench ({bench.p.name}, median of {bench.p.runs} run(s), warm-up "
+        f"excluded) on {info['cores']} cores ({info['cpu']}), load average at start "
+        f"{info['load_average_at_start'][0]:.2f}, at end {os.getloadavg()[0]:.2f}, "
+        f"{time.monotonic() - started:.0f} s"
+    )
+    print()
+    print(
+        table(
+            [[f.label, f.value, f.floor, f.target, verdict(f.ok)] for f in bench.results],
+            ["figure", "measured", "floor (same run)", "target", "met"],
+        )
+    )
+    if "ingest" in bench.scaling:
+        print("\nscan-ingest, how it scales (authorised uploads against the floor)")
+        print(
+            table(
+                [
+                    [
+                        f"{r['scanners']:,}",
+                        str(r["clients"]),
+                        f"{r['accepted_per_s']:,.0f}",
+                        f"{r['floor_per_s']:,.0f}",
+                        f"{r['ratio']:.2f}",
+                        f"{r['cpu_us_per_request']:.0f}",
+                        f"{r['floor_cpu_us_per_request']:.0f}",
+                        f"{r['cpu_ratio']:.2f}",
+                        f"{r['p99_ms']:.1f}",
+                        f"{r['floor_p99_ms']:.1f}",
+                    ]
+                    for r in bench.scaling["ingest"]
+                ],
+                [
+                    "scanners",
+                    "clients",
+                    "accepted/s",
+                    "floor/s",
+                    "ratio",
+                    "µs CPU/req",
+                    "floor µs",
+                    "CPU ratio",
+                    "p99 ms",
+                    "floor p99",
+                ],
+            )
+        )
+    if "relay" in bench.scaling:
+        print("\noutbox relay, by backlog")
+        print(
+            table(
+                [
+                    [
+                        f"{r['events']:,}",
+                        f"{r['relay_per_s']:,.0f}",
+                        f"{r['batched_relay_per_s']:,.0f}",
+                        f"{r['bare_producer_per_s']:,.0f}",
+                        f"{r['ratio']:.2f}",
+                        f"{r['batched_ratio']:.2f}",
+                    ]
+                    for r in bench.scaling["relay"]
+                ],
+                [
+                    "events",
+                    "relay/s",
+                    "batched relay/s",
+                    "bare producer/s",
+                    "ratio",
+                    "batched ratio",
+                ],
+            )
+        )
+    if "gate" in bench.scaling:
+        print("\ngate, by size")
+        print(
+            table(
+                [
+                    [
+                        f"{r['scanners']:,}",
+                        f"{r['load_s']:.2f}",
+                        f"{r['exact_bytes_per_scanner']:.0f}",
+                        f"{r['rss_bytes_per_scanner']:.0f}",
+                    ]
+                    for r in bench.scaling["gate"]
+                ],
+                ["scanners", "rebuild s", "bytes/scanner", "resident bytes/scanner"],
+            )
+        )
+    info["load_average_at_end"] = os.getloadavg()
+    info["seconds"] = round(time.monotonic() - started, 1)
+    return {
+        "machine": info,
+        "profile": asdict(bench.p),
+        "figures": [asdict(f) for f in bench.results],
+        "scaling": bench.scaling,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    parser.add_argument(
+        "--only", default=",".join(FIGURES), help=f"comma-separated, of: {', '.join(FIGURES)}"
+    )
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON goes")
+    args = parser.parse_args(argv)
+    figures = tuple(f.strip() for f in args.only.split(",") if f.strip())
+    unknown = set(figures) - set(FIGURES)
+    if unknown:
+        parser.error(f"unknown figures: {', '.join(sorted(unknown))}")
+
+    started = time.monotonic()
+    info = machine()
+    root = Path(tempfile.mkdtemp(prefix="scanner-auth-bench-"))
+    bench = Bench(PROFILES[args.profile], figures, root)
+    try:
+        bench.run()
+        document = report(bench, info, started)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    args.results.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    path = args.results / f"bench-{stamp}-{args.profile}.json"
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    (args.results / "latest.json").write_text(json.dumps(document, indent=2) + "\n")
+    print(f"\nwritten: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,14 @@
+"""The fault suite runs on the stack it shares with tests/fuzz and tests/security (one per
+session: fault_kit.rig); every test makes its own scanners and users, and leaves the stack
+whole for the next (fault_kit.healed)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from fault_kit import healed, rig
+
+__all__ = ["healed", "rig"]
