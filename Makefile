@@ -11,13 +11,18 @@ endif
 ACCEPTANCE := ../shared/acceptance/run
 # Debian's Chromium for the browser tests (tests/ui); Playwright never downloads a browser.
 CHROMIUM := /usr/bin/chromium
+# wrk, an independent HTTP load generator, for the benchmarks (bench/) and their smoke test.
+WRK := /usr/bin/wrk
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: run test install lint typecheck unit integration e2e acceptance contracts clean help
+.PHONY: run test test-faults install lint typecheck unit integration e2e acceptance contracts bench bench-quick clean help
 
 help:
 	@echo "make run    start the whole system with embedded infrastructure (scanner-auth dev)"
 	@echo "make test   lint, type-check and run every test against real PostgreSQL, Kafka-protocol broker and SMTP"
+	@echo "make test-faults   only the fault, fuzzing and security suites (make test runs them too)"
+	@echo "make bench  every benchmark figure against its floor, 3 runs, medians (bench/README.md)"
+	@echo "make bench-quick   one run of each benchmark figure"
 
 .tools/bin/uv:
 	python3 -m venv .tools
@@ -26,6 +31,10 @@ help:
 $(CHROMIUM):
 	$(SUDO) apt-get update -qq
 	$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+
+$(WRK):
+	$(SUDO) apt-get update -qq
+	$(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk
 
 install: $(UV)
 	$(UV) sync --frozen --all-packages
@@ -43,9 +52,18 @@ typecheck: install
 unit: install
 	$(UV) run --frozen pytest -m unit
 
-test: install $(CHROMIUM) lint typecheck
+test: install $(CHROMIUM) $(WRK) lint typecheck
 	$(UV) run --frozen pytest
 	@if [[ -x $(ACCEPTANCE) ]]; then $(ACCEPTANCE); else echo "acceptance checks not found at $(ACCEPTANCE): skipped"; fi
+
+test-faults: install
+	$(UV) run --frozen pytest tests/faults tests/fuzz tests/security
+
+bench: install $(WRK)
+	$(UV) run --frozen python bench/run.py --profile full
+
+bench-quick: install $(WRK)
+	$(UV) run --frozen python bench/run.py --profile quick
 
 contracts: install
 	$(UV) run --frozen scanner-auth contracts

@@ -3,14 +3,14 @@
 Its own process (started by bench/run.py). For each backlog size and run: the outbox table is
 filled with N committed `TokenIssued` events (COPY), then
 - relay: the service relay exactly as a service builds it (`ServiceRuntime.use_outbox_relay()`:
-  its SELECT, its faststream publish, its wait for every acknowledgement, its DELETE) drains
-  the table batch after batch until it is empty;
+  its SELECT, record batches per partition through the broker's aiokafka producer, its wait
+  for every acknowledgement, its DELETE) drains the table batch after batch until it is empty;
 - floor: one bare `AIOKafkaProducer` with the services' producer settings (acks=all, linger)
   sends the same N payloads with the same keys and headers and waits for every
   acknowledgement.
-- batched: the same relay given the broker's aiokafka producer (`OutboxRelay(producer=...)`):
-  record batches per partition instead of one publish per row.
-Runs alternate (relay, batched, bare, relay, …) after one warm-up of each; prints one JSON line.
+- per row: the same relay without the producer (`OutboxRelay(producer=None)`, its fallback when
+  the broker holds no aiokafka producer): one faststream publish per row.
+Runs alternate (relay, per row, bare, relay, …) after one warm-up of each; prints one JSON line.
 """
 
 from __future__ import annotations
@@ -30,18 +30,12 @@ from aiokafka import AIOKafkaProducer
 
 from scanner_auth_shared.db import asyncpg_dsn
 from scanner_auth_shared.events import TokenIssued, new_event
-from scanner_auth_shared.messaging import create_broker, start_broker
+from scanner_auth_shared.messaging import aiokafka_producer, create_broker, start_broker
 from scanner_auth_shared.outbox import MESSAGING_DDL, OutboxRelay
 from scanner_auth_shared.runtime import ServiceRuntime
 from scanner_auth_shared.settings import DatabaseSettings
 
 TOPIC = "bench.relay.v1"
-
-
-def aiokafka_producer(broker: Any) -> Any:
-    """The aiokafka producer inside faststream's broker (as scan-ingest's api.py finds it)."""
-    state = getattr(getattr(broker.config, "producer", None), "_producer", None)
-    return getattr(state, "producer", None)
 
 
 def make_events(n: int) -> list[tuple[str, str, str, str, bytes]]:
@@ -92,23 +86,18 @@ async def main() -> None:
         name="bench-relay", settings=settings, broker=create_broker(settings, "bench-relay")
     )
     relay = runtime.use_outbox_relay()
-    # The same relay handed the broker's aiokafka producer: whole record batches per partition
-    # instead of one faststream publish per row (what `use_outbox_relay` would wire with
-    # `producer=`; see bench/README.md).
-    batched = OutboxRelay(
-        relay.dsn,
-        relay.send,
-        service="bench-relay",
-        producer=lambda: aiokafka_producer(runtime.broker),
-    )
+    # The same relay without the producer: one faststream publish per row (its fallback).
+    per_row = OutboxRelay(relay.dsn, relay.send, service="bench-relay", producer=None)
     if args.batch_size:
-        relay.batch_size = batched.batch_size = args.batch_size
+        relay.batch_size = per_row.batch_size = args.batch_size
     dsn = asyncpg_dsn(args.database_url)
     conn = await asyncpg.connect(dsn)
     for statement in MESSAGING_DDL:
         await conn.execute(statement)
     relay_conn = await asyncpg.connect(dsn)
     await start_broker(runtime.broker)
+    if aiokafka_producer(runtime.broker) is None:
+        raise RuntimeError("the broker holds no aiokafka producer: the relay would send per row")
     # The services' producer settings (create_broker): acks=all, no idempotence, linger 2 ms,
     # and the request size limit scan-ingest raises.
     bare = AIOKafkaProducer(
@@ -137,15 +126,15 @@ async def main() -> None:
     results: dict[str, Any] = {"batch_size": relay.batch_size, "sizes": {}}
     try:
         warm = make_events(2000)
-        for which in (relay, batched):
+        for which in (relay, per_row):
             await fill(conn, warm)
             await drain(which)
         await send_bare(warm)
         for size in sizes:
             rows = make_events(size)
-            rates: dict[str, list[float]] = {"relay": [], "batched": [], "bare": []}
+            rates: dict[str, list[float]] = {"relay": [], "per_row": [], "bare": []}
             for _ in range(args.runs):
-                for name, which in (("relay", relay), ("batched", batched)):
+                for name, which in (("relay", relay), ("per_row", per_row)):
                     await fill(conn, rows)
                     seconds = await drain(which)
                     left = await conn.fetchval("SELECT count(*) FROM outbox")
@@ -155,10 +144,10 @@ async def main() -> None:
                 rates["bare"].append(size / await send_bare(rows))
             results["sizes"][str(size)] = {
                 "relay_per_s": rates["relay"],
-                "batched_relay_per_s": rates["batched"],
+                "per_row_relay_per_s": rates["per_row"],
                 "bare_per_s": rates["bare"],
                 "relay_median": statistics.median(rates["relay"]),
-                "batched_relay_median": statistics.median(rates["batched"]),
+                "per_row_relay_median": statistics.median(rates["per_row"]),
                 "bare_median": statistics.median(rates["bare"]),
             }
     finally:

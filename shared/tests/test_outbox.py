@@ -12,8 +12,12 @@ from faststream.kafka import KafkaBroker
 
 from scanner_auth_shared.db import Database, asyncpg_dsn
 from scanner_auth_shared.events import CloudEvent, TokenExpired, new_event, utcnow
+from scanner_auth_shared.messaging import aiokafka_producer, create_broker
 from scanner_auth_shared.outbox import MESSAGING_DDL, OutboxRelay, enqueue
+from scanner_auth_shared.runtime import ServiceRuntime
+from scanner_auth_shared.settings import DatabaseSettings
 from scanner_auth_shared.testing.kafka import read_topic
+from scanner_auth_shared.testing.plugin import FAST_CONSUMERS
 
 pytestmark = pytest.mark.integration
 TOPIC = "outbox.test.v1"
@@ -34,13 +38,22 @@ def _event(key: str, n: int) -> CloudEvent:
 
 
 @contextlib.asynccontextmanager
-async def _relay(url: str, bootstrap: str, name: str = "test", **kw: Any) -> Any:
+async def _relay(
+    url: str, bootstrap: str, name: str = "test", *, batched: bool = False, **kw: Any
+) -> Any:
+    """A relay on its own broker: one publish per row, or (`batched`) record batches through
+    the broker's aiokafka producer, as `ServiceRuntime.use_outbox_relay()` wires it."""
     broker = KafkaBroker(bootstrap, enable_idempotence=False, acks="all", request_timeout_ms=5000)
     await broker.connect()
 
     async def send(topic: str, key: bytes | None, payload: bytes, headers: dict[str, str]) -> Any:
+        if batched:
+            raise AssertionError("the batched relay fell back to one publish per row")
         return await broker.publish(payload, topic, key=key, headers=headers, no_confirm=True)
 
+    if batched:
+        assert aiokafka_producer(broker) is not None
+        kw["producer"] = lambda: aiokafka_producer(broker)
     relay = OutboxRelay(asyncpg_dsn(url), send, service=name, poll_interval=0.2, **kw)
     task = asyncio.create_task(relay.run())
     try:
@@ -102,7 +115,8 @@ async def test_a_rolled_back_transaction_publishes_nothing(database_url, kafka):
     await db.dispose()
 
 
-async def test_relay_restarts_lose_nothing_and_keep_per_key_order(database_url, kafka):
+@pytest.mark.parametrize("batched", [False, True], ids=["per-row", "batched"])
+async def test_relay_restarts_lose_nothing_and_keep_per_key_order(database_url, kafka, batched):
     await _schema(database_url)
     db = Database(database_url)
     db.connect()
@@ -113,9 +127,9 @@ async def test_relay_restarts_lose_nothing_and_keep_per_key_order(database_url, 
                 await enqueue(session, _event(f"key-{i % 3}", i), topic=TOPIC)
     # Three short-lived relays, each stopped (or cancelled) mid-stream, then one to finish.
     for _ in range(3):
-        async with _relay(database_url, kafka.bootstrap, batch_size=50):
+        async with _relay(database_url, kafka.bootstrap, batched=batched, batch_size=50):
             await asyncio.sleep(0.05)
-    async with _relay(database_url, kafka.bootstrap, batch_size=50):
+    async with _relay(database_url, kafka.bootstrap, batched=batched, batch_size=50):
         await _until(lambda: _count_ge(kafka.bootstrap, n), 20)
     records = await read_topic(kafka.bootstrap, TOPIC)
     by_key: dict[bytes, list[int]] = {}
@@ -157,13 +171,16 @@ async def test_only_one_of_several_relays_publishes_at_a_time(database_url, kafk
     await db.dispose()
 
 
-async def test_a_broker_outage_delays_events_without_losing_or_reordering_them(database_url, kafka):
+@pytest.mark.parametrize("batched", [False, True], ids=["per-row", "batched"])
+async def test_a_broker_outage_delays_events_without_losing_or_reordering_them(
+    database_url, kafka, batched
+):
     if kafka.broker is None:
         pytest.skip("needs the embedded broker to pause it")
     await _schema(database_url)
     db = Database(database_url)
     db.connect()
-    async with _relay(database_url, kafka.bootstrap) as relay:
+    async with _relay(database_url, kafka.bootstrap, batched=batched) as relay:
         async with db.transaction() as session:
             await enqueue(session, _event("k", 0), topic=TOPIC)
         await _until(lambda: _count_ge(kafka.bootstrap, 1))
@@ -181,3 +198,45 @@ async def test_a_broker_outage_delays_events_without_losing_or_reordering_them(d
     first = list(dict.fromkeys(published))
     assert first == [f"t{i}" for i in range(20)]
     await db.dispose()
+
+
+async def test_the_services_relay_sends_record_batches_in_order_per_key(database_url, kafka):
+    """`ServiceRuntime.use_outbox_relay()` hands the relay the started broker's aiokafka
+    producer: every row goes out in a record batch (never through the per-row `send`, which
+    this test makes fail), in commit order per key."""
+    await _schema(database_url)
+    settings = DatabaseSettings(
+        database_url=database_url, kafka_bootstrap_servers=kafka.bootstrap, **FAST_CONSUMERS
+    )
+    runtime = ServiceRuntime(
+        name="relay-test", settings=settings, broker=create_broker(settings, "relay-test")
+    )
+    relay = runtime.use_outbox_relay()
+    per_row: list[str] = []
+
+    async def send(topic: str, key: bytes | None, payload: bytes, headers: dict[str, str]) -> Any:
+        per_row.append(topic)
+        raise AssertionError("the service's relay fell back to one publish per row")
+
+    relay.send = send
+    db = Database(database_url)
+    db.connect()
+    n = 300
+    async with runtime.running():
+        assert relay.producer is not None
+        assert relay.producer() is aiokafka_producer(runtime.broker) is not None
+        for start in range(0, n, 30):
+            async with db.transaction() as session:
+                for i in range(start, start + 30):
+                    await enqueue(session, _event(f"key-{i % 4}", i), topic=TOPIC)
+        assert await _until(lambda: _count_ge(kafka.bootstrap, n), 20)
+    await db.dispose()
+    assert per_row == []
+    by_key: dict[bytes, list[int]] = {}
+    for r in await read_topic(kafka.bootstrap, TOPIC):
+        by_key.setdefault(r.key, []).append(
+            int(CloudEvent.from_bytes(r.value).data["token_id"][1:])
+        )
+    assert sorted(by_key) == [f"key-{k}".encode() for k in range(4)]
+    for key, numbers in by_key.items():
+        assert numbers == sorted(numbers) == [i for i in range(n) if f"key-{i % 4}".encode() == key]

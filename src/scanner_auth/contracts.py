@@ -29,10 +29,16 @@ from typing import Annotated, Any, Literal
 
 import yaml  # type: ignore[import-untyped]
 from faststream.specification import AsyncAPI
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema, create_model
+from pydantic import BaseModel, Field, PlainValidator, WithJsonSchema, create_model
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
-from starlette.routing import BaseRoute, Route
 
+from scanner_auth_shared.api import (
+    OPS_PATHS,
+    ProblemDetails,
+    add_ops,
+    component_schemas,
+    routed_operations,
+)
 from scanner_auth_shared.events import CloudEvent, EventData, dlq_topic
 from scanner_auth_shared.runtime import ServiceRuntime
 
@@ -284,47 +290,14 @@ def _in_reading_order(document: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ OpenAPI
 
 
-class FieldError(BaseModel):
-    """One reason a request was malformed. Never echoes the input."""
-
-    loc: list[str] = Field(description='Where: e.g. ["body", "serial_number"].')
-    msg: str = Field(description="What is wrong.")
-    type: str = Field(description="The kind of error, e.g. missing, string_too_long.")
-
-
-class Problem(BaseModel):
-    """An error, as RFC 9457 `application/problem+json`. Never carries a secret."""
-
-    model_config = ConfigDict(extra="allow")
-
-    type: str = Field(
-        "about:blank", description="The problem type; about:blank: the status says it all."
-    )
-    title: str = Field(description="The HTTP reason phrase, e.g. Not Found.")
-    status: int = Field(description="The HTTP status code.")
-    detail: str | None = Field(None, description="What went wrong with this request.")
-    errors: list[FieldError] | None = Field(
-        None, description="On 422 for a malformed request: what was wrong, and where."
-    )
-
-
 class ScanAccepted(BaseModel):
     """The upload is stored: its ScanIngested event is on myscanner.scans.v1."""
 
     scan_id: str = Field(
-        description="The upload's `scan_id` when it carried a usable one (a string of 1 to 200 "
+        description="The upload's `scan_id` when it carried one (a string of 1 to 200 "
         "characters), else a fresh UUID. Retry with the same scan_id after a 503."
     )
     received_at: datetime = Field(description="When the gateway received it (RFC 3339, UTC).")
-
-
-def _schemas(*models: type[BaseModel]) -> dict[str, Any]:
-    schemas: dict[str, Any] = {}
-    for model in models:
-        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        schemas.update(schema.pop("$defs", {}))
-        schemas[model.__name__] = schema
-    return schemas
 
 
 def _problem(description: str, headers: dict[str, str] | None = None) -> dict[str, Any]:
@@ -341,77 +314,6 @@ def _problem(description: str, headers: dict[str, str] | None = None) -> dict[st
 
 
 _RETRY_AFTER = {"Retry-After": "Seconds to wait before retrying."}
-
-# The ops routes of every service (scanner_auth_shared.http.ops_routes), not in FastAPI's schema.
-OPS_PATHS: dict[str, dict[str, Any]] = {
-    "/healthz": {
-        "get": {
-            "tags": ["ops"],
-            "summary": "Alive",
-            "description": "200 while the process serves HTTP (Kubernetes liveness).",
-            "operationId": "healthz",
-            "responses": {
-                "200": {
-                    "description": "Alive.",
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "properties": {"status": {"const": "ok"}},
-                                "required": ["status"],
-                            }
-                        }
-                    },
-                }
-            },
-        }
-    },
-    "/readyz": {
-        "get": {
-            "tags": ["ops"],
-            "summary": "Ready",
-            "description": "200 only when the database and Kafka are reachable, the consumers "
-            "and background tasks are running and the service has started; else 503 "
-            "(Kubernetes readiness). `checks` names each check and its result.",
-            "operationId": "readyz",
-            "responses": {
-                status: {
-                    "description": meaning,
-                    "content": {
-                        "application/json": {
-                            "schema": {
-                                "type": "object",
-                                "properties": {
-                                    "status": {"enum": ["ready", "not ready"]},
-                                    "checks": {
-                                        "type": "object",
-                                        "additionalProperties": {"type": "boolean"},
-                                    },
-                                },
-                                "required": ["status", "checks"],
-                            }
-                        }
-                    },
-                }
-                for status, meaning in (("200", "Ready."), ("503", "Not ready."))
-            },
-        }
-    },
-    "/metrics": {
-        "get": {
-            "tags": ["ops"],
-            "summary": "Metrics",
-            "description": "Prometheus text exposition format.",
-            "operationId": "metrics",
-            "responses": {
-                "200": {
-                    "description": "The service's metrics.",
-                    "content": {"text/plain": {"schema": {"type": "string"}}},
-                }
-            },
-        }
-    },
-}
 
 # scan-ingest is plain Starlette (its hot path has no validation framework): its operations are
 # described here; tests/contracts checks them against its routes and the statuses its code answers.
@@ -439,8 +341,9 @@ SCAN_INGEST_PATHS: dict[str, dict[str, Any]] = {
                                     "minLength": 1,
                                     "maxLength": 200,
                                     "description": "The scanner's own id for this scan "
-                                    "(optional): retries with the same id are duplicates "
-                                    "consumers drop.",
+                                    "(optional: without one the gateway makes one up): "
+                                    "retries with the same id are duplicates consumers "
+                                    "drop. Any other value is refused with 422.",
                                 }
                             },
                             "additionalProperties": True,
@@ -471,7 +374,10 @@ SCAN_INGEST_PATHS: dict[str, dict[str, Any]] = {
                 "413": _problem(
                     "The body exceeds INGEST_MAX_BODY_BYTES (the connection is closed).",
                 ),
-                "422": _problem("The body is not JSON, or not a JSON object."),
+                "422": _problem(
+                    "The body is not JSON, not a JSON object, or its scan_id is not a string "
+                    "of 1 to 200 characters."
+                ),
                 "503": _problem(
                     "Not stored: the gate is still loading, or Kafka did not acknowledge the "
                     "event in time. Retry later with the same scan_id.",
@@ -483,61 +389,16 @@ SCAN_INGEST_PATHS: dict[str, dict[str, Any]] = {
 }
 
 
-def _routes(app: Any) -> set[tuple[str, str]]:
-    routes: list[BaseRoute] = list(app.routes)
-    return {
-        (route.path, method.lower())
-        for route in routes
-        if isinstance(route, Route)
-        for method in (route.methods or ())
-        if method != "HEAD"
-    }
-
-
-def _add_ops(document: dict[str, Any], app: Any) -> None:
-    routed = _routes(app)
-    for path, operations in OPS_PATHS.items():
-        for method in operations:
-            if (path, method) not in routed:
-                raise RuntimeError(f"{document['info']['title']}: no route for {method} {path}")
-        document["paths"][path] = copy.deepcopy(operations)
-
-
-def _use_problems(document: dict[str, Any]) -> None:
-    """Every problem response points at the one RFC 9457 schema. FastAPI documents a request it
-    could not validate as application/json HTTPValidationError; ours answer a problem (with
-    `errors`), shared.api._validation_error."""
-    validation = "#/components/schemas/HTTPValidationError"
-    for operations in document["paths"].values():
-        for operation in operations.values():
-            for response in operation.get("responses", {}).values():
-                content = response.get("content", {})
-                if content.get("application/json", {}).get("schema", {}).get("$ref") == validation:
-                    response["description"] = "The request is malformed: see `errors`."
-                    content.pop("application/json")
-                    content[PROBLEM] = {}
-                if PROBLEM in content:
-                    content[PROBLEM] = {"schema": {"$ref": "#/components/schemas/Problem"}}
-    schemas = document.setdefault("components", {}).setdefault("schemas", {})
-    text = json.dumps(document["paths"])
-    for unused in ("HTTPValidationError", "ValidationError"):
-        if f"#/components/schemas/{unused}" not in text:
-            schemas.pop(unused, None)
-    schemas.update(_schemas(Problem))
-    document["components"]["schemas"] = dict(sorted(schemas.items()))
-
-
 def fastapi_document(runtime: ServiceRuntime) -> dict[str, Any]:
+    """The document the service serves (scanner_auth_shared.api.fastapi_app: FastAPI's, with
+    the ops routes and the problems as they are answered)."""
     app: Any = runtime.app
-    document: dict[str, Any] = copy.deepcopy(app.openapi())
-    _add_ops(document, app)
-    _use_problems(document)
-    return document
+    return copy.deepcopy(app.openapi())
 
 
 def scan_ingest_document(runtime: ServiceRuntime) -> dict[str, Any]:
     app: Any = runtime.app
-    routed = _routes(app) - {(p, m) for p, ops in OPS_PATHS.items() for m in ops}
+    routed = routed_operations(app) - {(p, m) for p, ops in OPS_PATHS.items() for m in ops}
     described = {(p, m) for p, ops in SCAN_INGEST_PATHS.items() for m in ops}
     if routed != described:
         raise RuntimeError(
@@ -553,7 +414,7 @@ def scan_ingest_document(runtime: ServiceRuntime) -> dict[str, Any]:
         },
         "paths": copy.deepcopy(SCAN_INGEST_PATHS),
         "components": {
-            "schemas": _schemas(Problem, ScanAccepted),
+            "schemas": component_schemas(ProblemDetails, ScanAccepted),
             "securitySchemes": {
                 "ScannerCredential": {
                     "type": "http",
@@ -564,7 +425,7 @@ def scan_ingest_document(runtime: ServiceRuntime) -> dict[str, Any]:
             },
         },
     }
-    _add_ops(document, app)
+    add_ops(document, app)
     document["components"]["schemas"] = dict(sorted(document["components"]["schemas"].items()))
     return document
 

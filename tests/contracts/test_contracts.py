@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 from faststream.kafka import KafkaBroker
@@ -437,3 +438,18 @@ def test_scan_ingest_is_described_as_its_code_answers() -> None:
     app.router.routes.append(Route("/v1/other", lambda request: None, methods=["GET"]))
     with pytest.raises(RuntimeError, match="/v1/other"):
         contracts.scan_ingest_document(runtime)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("service", ["token-issuer", "redeemer"])
+async def test_the_fastapi_services_serve_the_committed_document(service: str) -> None:
+    """What /openapi.json (and /docs) serves is the committed document, byte for byte once
+    parsed: 422 as the problem it is answered as, never FastAPI's HTTPValidationError."""
+    runtime = contracts.build_runtimes()[service]
+    transport = httpx.ASGITransport(app=runtime.app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        r = await client.get("/openapi.json")
+    assert r.status_code == 200
+    served = r.json()
+    assert served == openapi(service)
+    assert "HTTPValidationError" not in json.dumps(served)

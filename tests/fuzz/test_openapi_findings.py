@@ -1,5 +1,10 @@
 """What the OpenAPI fuzzing found, each pinned down as one deterministic request against the real
-process, so that a fix is seen at once (and each xfail below turns into a pass).
+process (all three fixed; each test fails if its bug comes back):
+
+- scan-ingest refuses (422) a scan_id its document forbids, rather than replacing it;
+- token-issuer answers a body it cannot decode with the documented 422 problem, not FastAPI's
+  undocumented 400 (shared.api);
+- the FastAPI services serve the committed document: 422 as application/problem+json.
 
 Each check accepts either fix: the service changes its answer, or the document its promise."""
 
@@ -31,13 +36,6 @@ def documented(doc: dict[str, Any], method: str, path: str) -> dict[str, Any]:
     return dict(doc["paths"][path][method]["responses"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="scan-ingest answers 202 to a scan whose scan_id is null, a number or empty "
-    "(services/scan-ingest/src/scan_ingest/domain.py scan_id_for replaces it with a fresh "
-    "uuid), while contracts/openapi/scan-ingest.json declares scan_id a string of 1 to 200 "
-    "characters: refuse it with 422, or document the fallback in the schema",
-)
 def test_scan_ingest_and_its_document_agree_on_scan_id(rig: Rig) -> None:
     doc = committed("scan-ingest")
     schema = doc["paths"]["/v1/scans"]["post"]["requestBody"]["content"]["application/json"]
@@ -72,14 +70,6 @@ def test_scan_ingest_and_its_document_agree_on_scan_id(rig: Rig) -> None:
     assert not strict or set(answers.values()) == {422}, answers
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="token-issuer answers 400 'There was an error parsing the body' (FastAPI's own, for "
-    "a body that is not UTF-8) to POST /v1/scanners/{id}/authorisation-token/email; neither "
-    "contracts/openapi/token-issuer.json nor the served document lists 400 there "
-    "(shared/src/scanner_auth_shared/api.py: map it to the 422 problem of a malformed body, "
-    "or document 400)",
-)
 def test_token_issuer_answers_a_body_it_cannot_decode_as_documented(rig: Rig) -> None:
     doc = committed("token-issuer")
     path = "/v1/scanners/{scanner_id}/authorisation-token/email"
@@ -98,14 +88,6 @@ def test_token_issuer_answers_a_body_it_cannot_decode_as_documented(rig: Rig) ->
     assert r.headers.get("content-type") == PROBLEM
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the document token-issuer and redeemer serve (/openapi.json, /docs: "
-    "runtime.app.openapi()) still describes FastAPI's 422 as application/json "
-    "HTTPValidationError, while every 422 is an application/problem+json problem; "
-    "scanner_auth.contracts fixes only the committed copy (_use_problems): serve that "
-    "document (shared/src/scanner_auth_shared/api.py fastapi_app, app.openapi)",
-)
 def test_the_served_document_describes_422_as_the_problem_it_is(rig: Rig) -> None:
     wrong = []
     for service in ("token-issuer", "redeemer"):

@@ -73,10 +73,11 @@ async def test_only_authorised_scanners_upload_and_changes_reach_the_gate_within
         assert records[0].key == scanner.scanner_id.encode()
         assert credential not in records[0].value.decode()  # never the secret
 
-        # Without a usable scan_id, the gateway makes one up.
-        fresh = await ingest.upload(credential, {"scan_id": "", "volume_m3": 1})
+        # Without a scan_id, the gateway makes one up; an unusable one is refused.
+        fresh = await ingest.upload(credential, {"volume_m3": 1})
         assert fresh.status_code == 202
         assert uuid.UUID(fresh.json()["scan_id"])
+        assert (await ingest.upload(credential, {"scan_id": "", "volume_m3": 1})).status_code == 422
 
         # Deauthorised: 403 within one second of the event's publication.
         await world.announce(scanner.deauthorised(credential_id=credential_id))

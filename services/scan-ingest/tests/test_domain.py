@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from scan_ingest.domain import (
+    INVALID_SCAN_ID,
     SOURCE,
     CredentialFact,
     CredentialState,
@@ -134,18 +135,21 @@ def test_admits() -> None:
     assert not admits(REVOKED, math.inf, 0.0)
 
 
-def test_the_clients_scan_id_is_kept_when_usable() -> None:
+def test_the_clients_scan_id_is_kept_and_a_missing_one_is_made_up() -> None:
     assert scan_id_for({"scan_id": "scan-0001"}) == "scan-0001"
+    assert scan_id_for({"scan_id": "s"}) == "s"
     assert scan_id_for({"scan_id": "s" * 200}) == "s" * 200
-    for unusable in (
-        {},
-        {"scan_id": ""},
-        {"scan_id": 7},
-        {"scan_id": None},
-        {"scan_id": "s" * 201},
-        {"scan_id": ["a"]},
-    ):
-        assert uuid.UUID(scan_id_for(unusable)).version == 4
+    fresh = scan_id_for({"volume_m3": 1})
+    assert fresh is not None and uuid.UUID(fresh).version == 4
+    assert fresh != scan_id_for({"volume_m3": 1})
+
+
+@pytest.mark.parametrize("value", [None, 7, 7.5, True, "", "s" * 201, ["a"], {"id": "a"}])
+def test_a_scan_id_that_is_not_a_string_of_1_to_200_characters_is_refused(value: object) -> None:
+    # The OpenAPI document declares scan_id a string of 1 to 200 characters: present and
+    # anything else is refused (422), never silently replaced by a fresh id.
+    assert scan_id_for({"scan_id": value, "volume_m3": 1}) is None
+    assert INVALID_SCAN_ID == "scan_id must be a string of 1 to 200 characters"
 
 
 def test_scan_ingested_bytes_is_the_contracts_event_with_the_body_as_sent() -> None:

@@ -138,7 +138,19 @@ async def test_bodies_that_are_not_a_json_object_are_422_and_malformed_requests_
         exactly = orjson.dumps({"p": "y" * (limit - 8)})
         assert len(exactly) == limit
         assert (await post(exactly)).status_code == 202
-        assert (await post(b' {"scan_id": 7} ')).status_code == 202  # any JSON object
+        assert (await post(b' {"volume_m3": 7} ')).status_code == 202  # any JSON object
+        # A scan_id the document forbids (not a string of 1 to 200 characters) is refused, not
+        # replaced by a fresh one; a missing one is made up (above).
+        for content in (
+            b'{"scan_id": 7}',
+            b'{"scan_id": null}',
+            b'{"scan_id": ""}',
+            b'{"scan_id": "' + b"s" * 201 + b'"}',
+        ):
+            response = await post(content)
+            assert response.status_code == 422, content
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.json()["detail"] == "scan_id must be a string of 1 to 200 characters"
 
         # Malformed Authorization headers: 401 before the body is even looked at.
         for value in (

@@ -1,20 +1,26 @@
 """Building a service's HTTP app: FastAPI (documented APIs) or plain Starlette (hot paths), both
-with RFC 9457 problem responses, /healthz, /readyz, /metrics and request metrics."""
+with RFC 9457 problem responses, /healthz, /readyz, /metrics and request metrics.
+
+A FastAPI app serves (/openapi.json, /docs) the document `scanner-auth contracts` commits: every
+422 described as the problem it is (`use_problems`), and the ops routes (`add_ops`)."""
 
 from __future__ import annotations
 
+import copy
+import json
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
-from starlette.routing import BaseRoute
+from starlette.routing import BaseRoute, Route
 
 from .db import is_infrastructure_error
 from .http import PROBLEM, MetricsMiddleware, ProblemResponse, ops_routes
@@ -67,6 +73,20 @@ class Problem(HTTPException):
         self.extensions = extensions
 
 
+# What FastAPI answers (400, undocumented) when reading or decoding a body fails other than as
+# invalid JSON: a body that is not UTF-8 (UnicodeDecodeError), nested too deep (RecursionError).
+_UNPARSEABLE_BODY = "There was an error parsing the body"
+
+
+def _unparseable_body(exc: StarletteHTTPException) -> bool:
+    return (
+        not isinstance(exc, Problem)
+        and exc.status_code == 400
+        and exc.detail == _UNPARSEABLE_BODY
+        and not isinstance(exc.__cause__, ClientDisconnect)  # nobody reads that answer
+    )
+
+
 async def _http_exception(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
     headers = dict(exc.headers) if exc.headers else None
@@ -74,6 +94,10 @@ async def _http_exception(_: Request, exc: Exception) -> Response:
         return problem(
             exc.status_code, exc.detail, title=exc.title, headers=headers, **exc.extensions
         )
+    if _unparseable_body(exc):
+        # The same 422 problem as a body that is not JSON (_validation_error), as documented.
+        error = {"loc": ["body"], "msg": "the body is not UTF-8 JSON", "type": "json_invalid"}
+        return problem(422, "the request is malformed", errors=[error])
     detail = exc.detail if isinstance(exc.detail, str) else None
     return problem(exc.status_code, detail, headers=headers)
 
@@ -118,6 +142,178 @@ async def _unexpected(_: Request, exc: Exception) -> Response:
     return problem(500, "an unexpected error occurred")
 
 
+# ------------------------------------------------------------------------------ the document
+
+
+class FieldError(BaseModel):
+    """One reason a request was malformed. Never echoes the input."""
+
+    loc: list[str] = Field(description='Where: e.g. ["body", "serial_number"].')
+    msg: str = Field(description="What is wrong.")
+    type: str = Field(description="The kind of error, e.g. missing, string_too_long.")
+
+
+class ProblemDetails(BaseModel):
+    """An error, as RFC 9457 `application/problem+json`. Never carries a secret."""
+
+    model_config = ConfigDict(extra="allow", title="Problem")
+
+    type: str = Field(
+        "about:blank", description="The problem type; about:blank: the status says it all."
+    )
+    title: str = Field(description="The HTTP reason phrase, e.g. Not Found.")
+    status: int = Field(description="The HTTP status code.")
+    detail: str | None = Field(None, description="What went wrong with this request.")
+    errors: list[FieldError] | None = Field(
+        None, description="On 422 for a malformed request: what was wrong, and where."
+    )
+
+
+def component_schemas(*models: type[BaseModel]) -> dict[str, Any]:
+    """The models' JSON schemas (and those they use), as OpenAPI components, by title."""
+    schemas: dict[str, Any] = {}
+    for model in models:
+        schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[str(schema.get("title", model.__name__))] = schema
+    return schemas
+
+
+# The ops routes of every service (scanner_auth_shared.http.ops_routes), not in FastAPI's schema.
+OPS_PATHS: dict[str, dict[str, Any]] = {
+    "/healthz": {
+        "get": {
+            "tags": ["ops"],
+            "summary": "Alive",
+            "description": "200 while the process serves HTTP (Kubernetes liveness).",
+            "operationId": "healthz",
+            "responses": {
+                "200": {
+                    "description": "Alive.",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {"status": {"const": "ok"}},
+                                "required": ["status"],
+                            }
+                        }
+                    },
+                }
+            },
+        }
+    },
+    "/readyz": {
+        "get": {
+            "tags": ["ops"],
+            "summary": "Ready",
+            "description": "200 only when the database and Kafka are reachable, the consumers "
+            "and background tasks are running and the service has started; else 503 "
+            "(Kubernetes readiness). `checks` names each check and its result.",
+            "operationId": "readyz",
+            "responses": {
+                status: {
+                    "description": meaning,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "status": {"enum": ["ready", "not ready"]},
+                                    "checks": {
+                                        "type": "object",
+                                        "additionalProperties": {"type": "boolean"},
+                                    },
+                                },
+                                "required": ["status", "checks"],
+                            }
+                        }
+                    },
+                }
+                for status, meaning in (("200", "Ready."), ("503", "Not ready."))
+            },
+        }
+    },
+    "/metrics": {
+        "get": {
+            "tags": ["ops"],
+            "summary": "Metrics",
+            "description": "Prometheus text exposition format.",
+            "operationId": "metrics",
+            "responses": {
+                "200": {
+                    "description": "The service's metrics.",
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
+                }
+            },
+        }
+    },
+}
+
+
+def routed_operations(app: Any) -> set[tuple[str, str]]:
+    """(path, method) of every plain route of `app` (HEAD left out)."""
+    routes: list[BaseRoute] = list(app.routes)
+    return {
+        (route.path, method.lower())
+        for route in routes
+        if isinstance(route, Route)
+        for method in (route.methods or ())
+        if method != "HEAD"
+    }
+
+
+def add_ops(document: dict[str, Any], app: Any) -> None:
+    """Describe the ops routes (OPS_PATHS) in `document`; each must be routed by `app`."""
+    routed = routed_operations(app)
+    for path, operations in OPS_PATHS.items():
+        for method in operations:
+            if (path, method) not in routed:
+                raise RuntimeError(f"{document['info']['title']}: no route for {method} {path}")
+        document["paths"][path] = copy.deepcopy(operations)
+
+
+def use_problems(document: dict[str, Any]) -> None:
+    """Every problem response points at the one RFC 9457 schema. FastAPI documents a request it
+    could not validate as application/json HTTPValidationError; ours answer a problem (with
+    `errors`), _validation_error. In place; doing it twice changes nothing."""
+    validation = "#/components/schemas/HTTPValidationError"
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            for response in operation.get("responses", {}).values():
+                content = response.get("content", {})
+                if content.get("application/json", {}).get("schema", {}).get("$ref") == validation:
+                    response["description"] = "The request is malformed: see `errors`."
+                    content.pop("application/json")
+                    content[PROBLEM] = {}
+                if PROBLEM in content:
+                    content[PROBLEM] = {"schema": {"$ref": "#/components/schemas/Problem"}}
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    text = json.dumps(document["paths"])
+    for unused in ("HTTPValidationError", "ValidationError"):
+        if f"#/components/schemas/{unused}" not in text:
+            schemas.pop(unused, None)
+    schemas.update(component_schemas(ProblemDetails))
+    document["components"]["schemas"] = dict(sorted(schemas.items()))
+
+
+def _serve_the_document(app: FastAPI) -> None:
+    """`app.openapi()` (what /openapi.json and /docs serve): FastAPI's document with the ops
+    routes and the problems as they are answered, built once, the one `scanner-auth contracts`
+    commits."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = copy.deepcopy(build())
+            add_ops(document, app)
+            use_problems(document)
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def fastapi_app(
     runtime: ServiceRuntime,
     *,
@@ -140,6 +336,7 @@ def fastapi_app(
     )
     for router in routers:
         app.include_router(router, responses=_UNAVAILABLE_DOC)
+    _serve_the_document(app)
     app.add_middleware(MetricsMiddleware, service=runtime.name)
     runtime.app = app
     return app

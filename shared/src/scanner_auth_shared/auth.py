@@ -12,6 +12,11 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+# Verified tokens remembered per verifier: how many, and for how long at most (a JWKS key
+# withdrawn stops a token remembered with it within this time).
+VERIFIED_CACHE_SIZE = 4096
+VERIFIED_CACHE_SECONDS = 60.0
+
 
 class InvalidToken(Exception):
     """The bearer token is missing, malformed, badly signed, expired or not for us."""
@@ -73,6 +78,10 @@ class JwtVerifier:
             else None
         )
         self._jwks_checked = 0.0
+        # Tokens already verified (the exact string) -> (principal, exp, verified until). A
+        # browser sends the same JWT with every request: its signature is checked once per
+        # `VERIFIED_CACHE_SECONDS`, its expiry on every use.
+        self._verified: dict[str, tuple[Principal, float, float]] = {}
 
     async def _key_for(self, token: str) -> tuple[Any, str]:
         if self._static is not None:
@@ -92,6 +101,20 @@ class JwtVerifier:
     async def verify(self, token: str) -> Principal:
         if not token or token.count(".") != 2:
             raise InvalidToken("malformed token")
+        now = time.time()
+        cached = self._verified.get(token)
+        if cached is not None:
+            principal, exp, until = cached
+            if now < exp + self.leeway and time.monotonic() < until:
+                return principal
+            del self._verified[token]
+        principal, exp = await self._verify(token)
+        if len(self._verified) >= VERIFIED_CACHE_SIZE:
+            self._verified.clear()
+        self._verified[token] = (principal, exp, time.monotonic() + VERIFIED_CACHE_SECONDS)
+        return principal
+
+    async def _verify(self, token: str) -> tuple[Principal, float]:
         key, alg = await self._key_for(token)
         try:
             claims = jwt.decode(
@@ -113,12 +136,13 @@ class JwtVerifier:
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise InvalidToken("roles claim must be a list of strings")
         email = claims.get("email")
-        return Principal(
+        principal = Principal(
             user_id=sub,
             org_id=org_id,
             roles=frozenset(roles),
             email=email if isinstance(email, str) else None,
         )
+        return principal, float(claims["exp"])
 
 
 def bearer_token(authorization: str | None) -> str | None:

@@ -44,8 +44,12 @@ class Database:
     def connect(self) -> None:
         self._engine = create_async_engine(
             self.url,
-            pool_size=self.pool_size,
-            max_overflow=self.pool_size,
+            # As many connections as before (2 x pool_size), but all kept open: an overflow
+            # connection was closed on its return whenever pool_size were idle, so a burst of
+            # requests opened and closed a PostgreSQL connection per request (connect, SSL
+            # negotiation, dialect setup: several ms of CPU each) exactly when busiest.
+            pool_size=2 * self.pool_size,
+            max_overflow=0,
             pool_pre_ping=True,
             pool_recycle=1800,
             # A statement that waits this long on a lock or a dead server is failed, not hung.

@@ -24,7 +24,7 @@ from faststream.kafka import KafkaBroker
 from starlette.types import ASGIApp
 
 from .db import Database, asyncpg_dsn
-from .messaging import start_broker
+from .messaging import aiokafka_producer, start_broker
 from .migrations import upgrade
 from .outbox import OutboxRelay
 from .settings import DatabaseSettings, ServiceSettings
@@ -76,6 +76,10 @@ class ServiceRuntime:
             send,
             service=self.name,
             poll_interval=self.settings.outbox_poll_interval_seconds,
+            # Whole record batches per partition through the broker's aiokafka producer (about
+            # three times the events per second of one publish per row, bench/README.md); `send`
+            # when the broker holds none.
+            producer=lambda: aiokafka_producer(self.broker),
         )
         return self.relay
 

@@ -178,14 +178,14 @@ class Redeemer:
     async def _authorise(self, repo: Repository, scanner_id: str, org_id: str, token_id: str,
                          serial: str, serial_key: str) -> Authorised:
         stamp = await repo.lock_scanner(scanner_id)
-        await repo.replace_credentials(scanner_id, stamp)
         credential = generate_credential()
         credential_id = str(uuid.uuid4())
         digest = credential_digest(credential)
-        await repo.insert_credential(credential_id=credential_id, scanner_id=scanner_id,
-                                     org_id=org_id, credential_digest=digest, issued_at=stamp,
-                                     token_id=token_id)
-        await repo.clear_serial(serial_key)
+        # Earlier credentials replaced, the new one inserted, the serial's failures cleared:
+        # one round trip.
+        await repo.authorise(credential_id=credential_id, scanner_id=scanner_id, org_id=org_id,
+                             credential_digest=digest, at=stamp, token_id=token_id,
+                             serial_key=serial_key)
         data = ScannerAuthorised(scanner_id=scanner_id, org_id=org_id, token_id=token_id,
                                  serial_number=serial, credential_id=credential_id,
                                  credential_digest=digest, authorised_at=stamp)

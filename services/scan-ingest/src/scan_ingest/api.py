@@ -29,9 +29,16 @@ from scanner_auth_shared.api import problem
 from scanner_auth_shared.auth import bearer_token
 from scanner_auth_shared.events import SCANS_TOPIC, ScanIngested
 from scanner_auth_shared.http import FastJSONResponse, Network, client_address
+from scanner_auth_shared.messaging import aiokafka_producer
 
 from . import metrics
-from .domain import CredentialState, rfc3339, scan_id_for, scan_ingested_bytes
+from .domain import (
+    INVALID_SCAN_ID,
+    CredentialState,
+    rfc3339,
+    scan_id_for,
+    scan_ingested_bytes,
+)
 from .gate import CredentialGate
 
 log = logging.getLogger("scanner_auth.scan_ingest.api")
@@ -171,6 +178,9 @@ class ScanUploads:
             return problem(422, "the body must be a JSON object")
 
         scan_id = scan_id_for(document)
+        if scan_id is None:
+            metrics.INVALID.inc()
+            return problem(422, INVALID_SCAN_ID)
         received_at = rfc3339(datetime.now(UTC))
         scanner_id = admission.scanner_id
         payload = scan_ingested_bytes(
@@ -206,7 +216,7 @@ class ScanUploads:
 
         Through `ScanBatches` on the aiokafka producer the broker holds (its settings, topic,
         key and CloudEvents headers); through `broker.publish` if it holds none."""
-        producer = _aiokafka_producer(self.broker)
+        producer = aiokafka_producer(self.broker)
         if producer is None:
             async with asyncio.timeout(self.publish_timeout):
                 await self.broker.publish(payload, SCANS_TOPIC, key=key, headers=_KAFKA_HEADERS)
@@ -249,14 +259,6 @@ class ScanUploads:
     def _client(self, request: Request) -> str:
         peer = request.client.host if request.client else None
         return client_address(peer, request.headers.get("x-forwarded-for"), self.trusted_proxies)
-
-
-def _aiokafka_producer(broker: KafkaBroker) -> Any | None:
-    """The started `AIOKafkaProducer` inside faststream's broker, or None (not connected yet,
-    or a faststream whose internals moved: then uploads go through `broker.publish`)."""
-    state = getattr(getattr(broker.config, "producer", None), "_producer", None)
-    producer = getattr(state, "producer", None)
-    return producer if callable(getattr(producer, "send", None)) else None
 
 
 class _Batch:

@@ -4,6 +4,7 @@
   (`derive_standings`): a function of the set of facts, so the order in which the events
   arrive, and how often, does not matter.
 - Whether a credential in the gate admits an upload now (`admits`).
+- The scan id of an upload (`scan_id_for`): the client's, a fresh one, or none (refused).
 - The `ScanIngested` event of an accepted upload, built straight into bytes
   (`scan_ingested_bytes`): the uploaded document is embedded as the bytes the scanner sent
   (already validated), never re-serialised.
@@ -24,6 +25,7 @@ from scanner_auth_shared.events import ScanIngested
 
 SOURCE = "scanner-auth/scan-ingest"
 MAX_SCAN_ID_LENGTH = 200
+INVALID_SCAN_ID = f"scan_id must be a string of 1 to {MAX_SCAN_ID_LENGTH} characters"
 
 
 class CredentialState(IntEnum):
@@ -123,12 +125,17 @@ def admits(state: int, valid_until: float, now: float) -> bool:
     return state == CredentialState.ROTATING and now <= valid_until
 
 
-def scan_id_for(document: dict[str, Any]) -> str:
-    """The client's `scan_id` when it is a usable string, else a fresh one."""
-    candidate = document.get("scan_id")
+def scan_id_for(document: dict[str, Any]) -> str | None:
+    """The upload's scan id: the client's `scan_id` when the upload carries one, a fresh uuid4
+    when it carries none; None when it carries one that is not a string of 1 to
+    MAX_SCAN_ID_LENGTH characters (null, a number, "", too long): the upload is refused with
+    422 (INVALID_SCAN_ID), as the OpenAPI document declares, rather than silently renamed."""
+    if "scan_id" not in document:
+        return str(uuid.uuid4())
+    candidate = document["scan_id"]
     if isinstance(candidate, str) and 0 < len(candidate) <= MAX_SCAN_ID_LENGTH:
         return candidate
-    return str(uuid.uuid4())
+    return None
 
 
 def scan_ingested_bytes(

@@ -55,7 +55,8 @@ async def _caller(
     return await authenticator.authenticate(credentials)
 
 
-def _service(request: Request) -> TokenIssuer:
+async def _service(request: Request) -> TokenIssuer:
+    # async: FastAPI runs a plain `def` dependency in its thread pool (a thread hop per request).
     service: TokenIssuer = request.app.state.token_issuer
     return service
 

@@ -138,8 +138,12 @@ class TokenIssuer:
         """The scanner, its organisation and the caller's access to it; ScannerNotFound (404)
         or ManageForbidden (403) when the policy refuses. With `lock`, the scanner's row stays
         locked until the transaction ends: required before writing events for it."""
-        scanner = await (repo.lock_scanner if lock else repo.get_scanner)(session, scanner_id)
-        access = await self._access(session, principal, scanner)
+        scanner, granted = await repo.scanner_with_grant(session, scanner_id, principal.user_id,
+                                                         lock=lock)
+        access = (
+            NO_ACCESS if scanner is None or not scanner.visible or scanner.org_id is None
+            else domain.access_to(principal, scanner.org_id, has_grant=granted)
+        )
         try:
             domain.require(access, manage=manage)
         except domain.ScannerNotFound:
@@ -150,15 +154,6 @@ class TokenIssuer:
             raise
         assert scanner is not None and scanner.org_id is not None
         return scanner, scanner.org_id, access
-
-    @staticmethod
-    async def _access(
-        session: AsyncSession, principal: Principal, scanner: ScannerRow | None
-    ) -> Access:
-        if scanner is None or not scanner.visible or scanner.org_id is None:
-            return NO_ACCESS
-        granted = await repo.has_grant(session, scanner.scanner_id, principal.user_id)
-        return domain.access_to(principal, scanner.org_id, has_grant=granted)
 
     # ---------------------------------------------------------------- principals
 
@@ -237,17 +232,18 @@ class TokenIssuer:
                 session, scanner_id, now, by=principal.user_id, reason="superseded"
             )
             expires_at = domain.expiry_for(now, self.ttl_seconds)
-            await repo.insert_token(
+            # The token and its audit row in one statement (one round trip fewer per issue).
+            await repo.insert_generated_token(
                 session, token_id=token_id, scanner_id=scanner_id, org_id=org_id,
                 code_ciphertext=sealed_at_rest, code_digest=digest, issued_at=now,
-                issued_by=principal.user_id, expires_at=expires_at,
+                issued_by=principal.user_id, actor_org_id=principal.org_id,
+                expires_at=expires_at,
             )
             await self._emit(session, TokenIssued(
                 token_id=token_id, scanner_id=scanner_id, org_id=org_id,
                 issued_by=principal.user_id, issued_at=now, expires_at=expires_at,
                 code_digest=digest,
             ))
-            await self._audit(session, principal, "generated", scanner_id, now, token_id=token_id)
         metrics.TOKENS_ISSUED.inc()
         self._audit_line(principal, "generated", scanner_id, token_id=token_id)
         return TokenView(token_id=token_id, scanner_id=scanner_id, code=code, status=ACTIVE,

@@ -52,7 +52,12 @@ class StoredCredential:
 
 
 _NOW = text("SELECT now()")
-_LOCK_ATTEMPT = text("SELECT pg_advisory_xact_lock(:cls, :id)")
+# Both attempt locks in one round trip; the target list is evaluated left to right, so the
+# serial's lock is always taken before the address's.
+_LOCK_ATTEMPTS = text(
+    "SELECT pg_advisory_xact_lock(:serial_cls, :serial_id), "
+    "pg_advisory_xact_lock(:address_cls, :address_id)"
+)
 _ATTEMPT_STATE = text(
     """
     SELECT now() AS now,
@@ -131,6 +136,26 @@ _INSERT_CREDENTIAL = text(
                              issued_at, token_id, previous_credential_id)
     VALUES (:credential_id, :scanner_id, :org_id, :credential_digest, 'active',
             :issued_at, :token_id, :previous_credential_id)
+    """
+)
+# A redemption's writes after the scanner's lock, in one round trip: the scanner's earlier
+# credentials replaced (the UPDATE runs to completion first: the INSERT reads its count), the
+# new credential, and the serial's failure count cleared.
+_AUTHORISE = text(
+    """
+    WITH replaced AS (
+        UPDATE credentials SET status = 'replaced', ended_at = :at
+        WHERE scanner_id = :scanner_id AND status IN ('active', 'rotating')
+        RETURNING 1
+    ), cleared AS (
+        DELETE FROM serial_throttle WHERE serial_key = :serial_key
+    )
+    INSERT INTO credentials (credential_id, scanner_id, org_id, credential_digest, status,
+                             issued_at, token_id, previous_credential_id)
+    SELECT CAST(:credential_id AS text), CAST(:scanner_id AS text), CAST(:org_id AS text),
+           CAST(:credential_digest AS text), 'active', CAST(:at AS timestamptz),
+           CAST(:token_id AS text), CAST(NULL AS text)
+    FROM (SELECT count(*) FROM replaced) AS done
     """
 )
 _CREDENTIAL_BY_ID = text(
@@ -239,8 +264,9 @@ class Repository:
         """Serialise the attempts on one serial number and from one address (held to commit):
         the throttle state read next cannot go stale, so a burst of parallel guesses gets no
         more tries than a sequence would. Always serial first, then address."""
-        for cls, value in ((_SERIAL_LOCK_CLASS, serial_key), (_ADDRESS_LOCK_CLASS, address)):
-            await _exec(self.session, _LOCK_ATTEMPT, {"cls": cls, "id": _lock_id(value)})
+        await _exec(self.session, _LOCK_ATTEMPTS, {
+            "serial_cls": _SERIAL_LOCK_CLASS, "serial_id": _lock_id(serial_key),
+            "address_cls": _ADDRESS_LOCK_CLASS, "address_id": _lock_id(address)})
 
     async def attempt_state(self, serial_key: str, address: str) -> AttemptState:
         result = await _exec(self.session, _ATTEMPT_STATE,
@@ -314,6 +340,16 @@ class Repository:
 
     async def replace_credentials(self, scanner_id: str, at: datetime) -> None:
         await _exec(self.session, _REPLACE_CREDENTIALS, {"scanner_id": scanner_id, "at": at})
+
+    async def authorise(self, *, credential_id: str, scanner_id: str, org_id: str,
+                        credential_digest: str, at: datetime, token_id: str,
+                        serial_key: str) -> None:
+        """`replace_credentials`, `insert_credential` and `clear_serial` of a redemption, in
+        one statement."""
+        await _exec(self.session, _AUTHORISE, {
+            "credential_id": credential_id, "scanner_id": scanner_id, "org_id": org_id,
+            "credential_digest": credential_digest, "at": at, "token_id": token_id,
+            "serial_key": serial_key})
 
     async def insert_credential(self, *, credential_id: str, scanner_id: str, org_id: str,
                                 credential_digest: str, issued_at: datetime,

@@ -42,6 +42,34 @@ async def lock_scanner(session: AsyncSession, scanner_id: str) -> ScannerRow | N
     return (await session.exec(statement)).first()
 
 
+_SCANNER_WITH_GRANT = """
+    SELECT s.scanner_id, s.org_id, s.serial_number, s.name, s.model, s.registered,
+           s.removed_at, s.authorised, s.authorised_at, s.credential_id,
+           s.authorised_serial_number, s.deauthorised_at, s.updated_at,
+           EXISTS (SELECT 1 FROM access_grants g
+                   WHERE g.scanner_id = s.scanner_id AND g.user_id = :user_id) AS has_grant
+    FROM scanners s WHERE s.scanner_id = :scanner_id
+"""
+_SCANNER_WITH_GRANT_READ = text(_SCANNER_WITH_GRANT)
+_SCANNER_WITH_GRANT_LOCKED = text(_SCANNER_WITH_GRANT + " FOR UPDATE OF s")
+
+
+async def scanner_with_grant(
+    session: AsyncSession, scanner_id: str, user_id: str, *, lock: bool
+) -> tuple[ScannerRow | None, bool]:
+    """The scanner's row and whether `user_id` holds a grant on it, in one round trip. With
+    `lock`, the row is locked like `lock_scanner` does (FOR UPDATE, until the transaction
+    ends). A detached row: read its fields, never write through it."""
+    statement = _SCANNER_WITH_GRANT_LOCKED if lock else _SCANNER_WITH_GRANT_READ
+    row = (await run(session, statement, {"scanner_id": scanner_id, "user_id": user_id})
+           ).mappings().first()
+    if row is None:
+        return None, False
+    fields = dict(row)
+    granted = bool(fields.pop("has_grant"))
+    return ScannerRow(**fields), granted
+
+
 async def get_scanner(session: AsyncSession, scanner_id: str) -> ScannerRow | None:
     statement = select(ScannerRow).where(col(ScannerRow.scanner_id) == scanner_id)
     return (await session.exec(statement)).first()
@@ -308,6 +336,33 @@ async def insert_token(
         "token_id": token_id, "scanner_id": scanner_id, "org_id": org_id,
         "code_ciphertext": code_ciphertext, "code_digest": code_digest, "issued_at": issued_at,
         "issued_by": issued_by, "expires_at": expires_at,
+    })
+
+
+_INSERT_TOKEN_AUDITED = text(
+    """
+    WITH audited AS (
+        INSERT INTO audit_log (at, actor_user_id, actor_org_id, action, scanner_id, token_id)
+        VALUES (:issued_at, :issued_by, :actor_org_id, 'generated', :scanner_id, :token_id)
+    )
+    INSERT INTO tokens (token_id, scanner_id, org_id, code_ciphertext, code_digest, status,
+                        issued_at, issued_by, expires_at)
+    VALUES (:token_id, :scanner_id, :org_id, :code_ciphertext, :code_digest, 'active',
+            :issued_at, :issued_by, :expires_at)
+    """
+)
+
+
+async def insert_generated_token(
+    session: AsyncSession, *, token_id: str, scanner_id: str, org_id: str,
+    code_ciphertext: bytes, code_digest: str, issued_at: datetime, issued_by: str,
+    actor_org_id: str | None, expires_at: datetime,
+) -> None:
+    """`insert_token` and its `generated` audit row (what `audit` writes), in one round trip."""
+    await run(session, _INSERT_TOKEN_AUDITED, {
+        "token_id": token_id, "scanner_id": scanner_id, "org_id": org_id,
+        "code_ciphertext": code_ciphertext, "code_digest": code_digest, "issued_at": issued_at,
+        "issued_by": issued_by, "actor_org_id": actor_org_id, "expires_at": expires_at,
     })
 
 
