@@ -17,19 +17,16 @@ from __future__ import annotations
 
 import base64
 import copy
-import functools
 import importlib
 import json
-import operator
 import secrets
-from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import yaml  # type: ignore[import-untyped]
 from faststream.specification import AsyncAPI
-from pydantic import BaseModel, Field, PlainValidator, WithJsonSchema, create_model
+from pydantic import BaseModel, Field, WithJsonSchema
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from scanner_auth_shared.api import (
@@ -39,7 +36,9 @@ from scanner_auth_shared.api import (
     component_schemas,
     routed_operations,
 )
-from scanner_auth_shared.events import CloudEvent, EventData, dlq_topic
+from scanner_auth_shared.events import EventData, dlq_topic
+from scanner_auth_shared.http import PROBLEM
+from scanner_auth_shared.messaging import documented_body
 from scanner_auth_shared.runtime import ServiceRuntime
 
 from .services import SERVICES, ServiceSpec
@@ -48,7 +47,6 @@ VERSION = "1.0.0"
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "contracts"
 ASYNCAPI_FILE = "asyncapi.yaml"
 OPENAPI_SERVICES = ("token-issuer", "redeemer", "scan-ingest")
-PROBLEM = "application/problem+json"
 
 # Placeholders: the documents name no real host, and the secrets (random on every run) never
 # reach them. The Kafka address is the one deploy/k8s/base/common.env configures.
@@ -96,38 +94,6 @@ def publishes(service: str) -> tuple[type[EventData], ...]:
     """The event types a service declares it publishes (`PUBLISHES` in its app module)."""
     module = importlib.import_module(f"{SERVICES[service].package}.app")
     return tuple(module.PUBLISHES)
-
-
-def event_body(models: Sequence[type[EventData]]) -> Any:
-    """A body type whose JSON schema is the CloudEvents envelope around each model's data.
-
-    The same construction as in `subscribe_events` (tests/contracts checks that the two agree).
-    """
-    envelopes = [
-        create_model(
-            f"{model.event_type}Event",
-            __base__=CloudEvent,
-            __doc__=f"{model.event_type}, in its CloudEvents envelope. {model.__doc__}",
-            type=(Literal[model.event_type], Field(description="The event type.")),  # type: ignore[arg-type]
-            data=(model, Field(description=f"The {model.event_type} data.")),
-        )
-        for model in sorted(models, key=lambda m: m.event_type)
-    ]
-    documented: Any = (
-        Annotated[functools.reduce(operator.or_, envelopes), Field(discriminator="type")]
-        if len(envelopes) > 1
-        else envelopes[0]
-    )
-
-    def one_of(schema: dict[str, Any]) -> None:
-        if "$ref" in schema:  # faststream reads a lone $ref as its definitions' first entry
-            schema["oneOf"] = [{"$ref": schema.pop("$ref")}]
-
-    return Annotated[
-        bytes,
-        PlainValidator(lambda body: body, json_schema_input_type=documented),
-        Field(json_schema_extra=one_of),
-    ]
 
 
 # ------------------------------------------------------------------------------ AsyncAPI
@@ -206,7 +172,7 @@ def _document_publications(service: str, runtime: ServiceRuntime) -> None:
             topic,
             title=f"{service}:{topic}",
             description=f"{service} publishes {names}, {_HOW_PUBLISHED.get(service, _OUTBOX)}.",
-            schema=event_body(models),
+            schema=documented_body(models),
         )
     for subscriber in list(broker.subscribers):
         for title, channel in subscriber.schema().items():

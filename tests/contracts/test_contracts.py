@@ -34,7 +34,7 @@ from scanner_auth_shared.events import (
     EventData,
     dlq_topic,
 )
-from scanner_auth_shared.messaging import DeadLetters, subscribe_events
+from scanner_auth_shared.messaging import DeadLetters, documented_body, subscribe_events
 
 REPO = Path(__file__).resolve().parents[2]
 CONTRACTS = REPO / "contracts"
@@ -288,8 +288,9 @@ def _envelope_schemas(broker: KafkaBroker) -> dict[str, Any]:
 
 @pytest.mark.unit
 def test_consumers_and_producers_document_the_same_schema_for_each_type() -> None:
-    """subscribe_events (consumed) and contracts.event_body (published) build the envelopes
-    separately: both must give every type the same schema, one type alone as well as many."""
+    """A consumer (subscribe_events) and a documented publisher (`scanner-auth contracts`) render
+    the envelopes through faststream's two paths: both must give every type the same schema, one
+    type alone as well as many."""
     settings: Any = contracts.document_settings(SERVICES["notifier"])
     consumed, produced = KafkaBroker("kafka:9092"), KafkaBroker("kafka:9092")
 
@@ -308,7 +309,7 @@ def test_consumers_and_producers_document_the_same_schema_for_each_type() -> Non
                 handler=nothing,
                 types={m.event_type for m in group},
             )
-            produced.publisher(topic, title=f"p{i}:{topic}", schema=contracts.event_body(group))
+            produced.publisher(topic, title=f"p{i}:{topic}", schema=documented_body(group))
     from_consumers, from_producers = _envelope_schemas(consumed), _envelope_schemas(produced)
     assert set(from_consumers) == set(EVENT_TYPES) | {f"{t}Event" for t in EVENT_TYPES}
     assert from_consumers == from_producers

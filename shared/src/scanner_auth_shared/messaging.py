@@ -16,22 +16,25 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import operator
 import random
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from aiokafka.partitioner import murmur2
 from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.middlewares import AckPolicy
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
-from pydantic import ValidationError
+from pydantic import Field, PlainValidator, ValidationError, create_model
 
 from . import metrics
 from .db import is_infrastructure_error
-from .events import CloudEvent, EventData, PoisonMessage, dlq_topic, parse_data
+from .events import EVENT_TYPES, CloudEvent, EventData, PoisonMessage, dlq_topic, parse_data
 from .logs import redact
 from .settings import ConfigurationError, ServiceSettings
 
@@ -96,6 +99,57 @@ def create_broker(settings: ServiceSettings, service: str, **producer: Any) -> K
         security=kafka_security(settings),
         **{**PRODUCER_DEFAULTS, **producer},
     )
+
+
+def kafka_headers(event_type: str) -> dict[str, str]:
+    """The Kafka headers of an event of `event_type` (structured-mode CloudEvents)."""
+    return {"content-type": "application/cloudevents+json", "ce-type": event_type}
+
+
+def record_headers(event_type: str) -> list[tuple[str, bytes]]:
+    """`kafka_headers`, as aiokafka's record batches take them."""
+    return [(name, value.encode()) for name, value in kafka_headers(event_type).items()]
+
+
+def default_partition(key: bytes | None, partitions: Sequence[int]) -> int:
+    """The partition Kafka's default partitioner chooses for `key` among `partitions` (sorted):
+    murmur2 of the key, as the Java client and aiokafka's `send()` do; the first partition for
+    no key. For records handed to aiokafka as batches, which bypass its partitioner."""
+    if key is None:
+        return partitions[0]
+    index: int = (murmur2(key) & 0x7FFFFFFF) % len(partitions)
+    return partitions[index]
+
+
+def documented_body(models: Sequence[type[EventData]]) -> Any:
+    """A bytes body type whose JSON schema (AsyncAPI) is the CloudEvents envelope around each
+    model's data: what `subscribe_events` consumes and `scanner-auth contracts` publishes."""
+    envelopes = [
+        create_model(
+            f"{model.event_type}Event",
+            __base__=CloudEvent,
+            __doc__=f"{model.event_type}, in its CloudEvents envelope. {model.__doc__}",
+            type=(Literal[model.event_type], Field(description="The event type.")),  # type: ignore[arg-type]
+            data=(model, Field(description=f"The {model.event_type} data.")),
+        )
+        for model in sorted(models, key=lambda m: m.event_type)
+    ]
+    documented: Any = (
+        Annotated[functools.reduce(operator.or_, envelopes), Field(discriminator="type")]
+        if len(envelopes) > 1
+        else envelopes[0]
+    )
+
+    def one_of(schema: dict[str, Any]) -> None:
+        # A lone $ref would be read by faststream as its definitions' first entry.
+        if "$ref" in schema:
+            schema["oneOf"] = [{"$ref": schema.pop("$ref")}]
+
+    return Annotated[
+        bytes,
+        PlainValidator(lambda body: body, json_schema_input_type=documented),
+        Field(json_schema_extra=one_of),
+    ]
 
 
 def aiokafka_producer(broker: KafkaBroker) -> Any | None:
@@ -225,45 +279,15 @@ def subscribe_events(
                 await asyncio.sleep(backoff * (1 + random.random() / 2))
                 backoff = min(backoff * 2, 30.0 if infrastructure else 5.0)
 
-    # For the AsyncAPI document (`scanner-auth contracts`): what this consumer reads, each of its
-    # types' data in the CloudEvents envelope. The body itself stays raw bytes, since parsing is
-    # ours (poison is ours to dead-letter): a pass-through validator with the envelopes as its
-    # JSON schema. scanner_auth.contracts.event_body() builds the same for what is published.
-    import functools
-    import operator
-    from typing import Annotated, Literal
-
-    from pydantic import Field, PlainValidator, create_model
-
-    from .events import EVENT_TYPES
-
-    envelopes = [
-        create_model(
-            f"{model.event_type}Event",
-            __base__=CloudEvent,
-            __doc__=f"{model.event_type}, in its CloudEvents envelope. {model.__doc__}",
-            type=(Literal[model.event_type], Field(description="The event type.")),  # type: ignore[arg-type]
-            data=(model, Field(description=f"The {model.event_type} data.")),
-        )
-        for name, model in sorted(EVENT_TYPES.items())
-        if (name in types if types is not None else model.topic == topic)
-    ]
-    documented: Any = (
-        Annotated[functools.reduce(operator.or_, envelopes), Field(discriminator="type")]
-        if len(envelopes) > 1
-        else envelopes[0]
+    # For the AsyncAPI document (`scanner-auth contracts`): what this consumer reads. The body
+    # itself stays raw bytes, since parsing is ours (poison is ours to dead-letter).
+    on_message.__annotations__["body"] = documented_body(
+        [
+            model
+            for name, model in EVENT_TYPES.items()
+            if (name in types if types is not None else model.topic == topic)
+        ]
     )
-
-    def one_of(schema: dict[str, Any]) -> None:
-        # A lone $ref would be read by faststream as its definitions' first entry.
-        if "$ref" in schema:
-            schema["oneOf"] = [{"$ref": schema.pop("$ref")}]
-
-    on_message.__annotations__["body"] = Annotated[
-        bytes,
-        PlainValidator(lambda body: body, json_schema_input_type=documented),
-        Field(json_schema_extra=one_of),
-    ]
 
     subscriber = broker.subscriber(
         topic,

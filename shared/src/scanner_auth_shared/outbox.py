@@ -25,13 +25,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import asyncpg
-from aiokafka.partitioner import murmur2
 from sqlalchemy import text
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from . import metrics
 from .db import run_sql
 from .events import CloudEvent
+from .messaging import default_partition, kafka_headers, record_headers
 
 log = logging.getLogger("scanner_auth.outbox")
 
@@ -212,10 +212,7 @@ class OutboxRelay:
             futures = []
             for row in rows:
                 key = row["key"].encode() if row["key"] is not None else None
-                headers = {
-                    "content-type": "application/cloudevents+json",
-                    "ce-type": row["event_type"],
-                }
+                headers = kafka_headers(row["event_type"])
                 futures.append(await self.send(row["topic"], key, bytes(row["payload"]), headers))
             await asyncio.gather(*futures)
         await conn.execute(
@@ -230,9 +227,6 @@ class OutboxRelay:
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
-
-
-_CONTENT_TYPE = ("content-type", b"application/cloudevents+json")
 
 
 async def _send_batches(producer: Any, rows: Sequence[asyncpg.Record]) -> list[Any]:
@@ -251,9 +245,9 @@ async def _send_batches(producer: Any, rows: Sequence[asyncpg.Record]) -> list[A
         if known is None:
             known = partitions[topic] = sorted(await producer.partitions_for(topic))
         key = row["key"].encode() if row["key"] is not None else None
-        partition = known[(murmur2(key) & 0x7FFFFFFF) % len(known)] if key is not None else known[0]
+        partition = default_partition(key, known)
         value = bytes(row["payload"])
-        headers = [_CONTENT_TYPE, ("ce-type", row["event_type"].encode())]
+        headers = record_headers(row["event_type"])
         batch = batches.get((topic, partition))
         if (
             batch is None

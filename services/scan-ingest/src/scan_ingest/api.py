@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from aiokafka.partitioner import murmur2
 from faststream.kafka import KafkaBroker
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -29,7 +28,12 @@ from scanner_auth_shared.api import problem
 from scanner_auth_shared.auth import bearer_token
 from scanner_auth_shared.events import SCANS_TOPIC, ScanIngested
 from scanner_auth_shared.http import FastJSONResponse, Network, client_address
-from scanner_auth_shared.messaging import aiokafka_producer
+from scanner_auth_shared.messaging import (
+    aiokafka_producer,
+    default_partition,
+    kafka_headers,
+    record_headers,
+)
 
 from . import metrics
 from .domain import (
@@ -47,11 +51,8 @@ log = logging.getLogger("scanner_auth.scan_ingest.api")
 MAX_CREDENTIAL_LENGTH = 512
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="scan-ingest"'}
 _INVALID_TOKEN = {"WWW-Authenticate": 'Bearer realm="scan-ingest", error="invalid_token"'}
-_KAFKA_HEADERS = {
-    "content-type": "application/cloudevents+json",
-    "ce-type": ScanIngested.event_type,
-}
-_RAW_HEADERS = [(name, value.encode()) for name, value in _KAFKA_HEADERS.items()]
+_KAFKA_HEADERS = kafka_headers(ScanIngested.event_type)
+_RAW_HEADERS = record_headers(ScanIngested.event_type)
 _REFUSED_DETAIL: dict[int, str] = {
     CredentialState.REVOKED: "the scanner's authorisation was withdrawn",
     CredentialState.REPLACED: "this credential was replaced: the scanner was authorised again",
@@ -354,7 +355,7 @@ class ScanBatches:
             queue.clear()
 
     async def _partition(self, key: bytes) -> int:
-        """Kafka's default partitioner: murmur2(key), positive, modulo the partition count."""
+        """Kafka's default partitioner for `key`, cached per key."""
         known = self.producer.client.cluster.partitions_for_topic(self._topic)
         if not known:
             known = await self.producer.partitions_for(self._topic)
@@ -362,7 +363,7 @@ class ScanBatches:
         if partitions != self._partitions or len(self._partition_of) > self._MAX_CACHED_KEYS:
             self._partitions = partitions
             self._partition_of.clear()
-        partition: int = partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+        partition = default_partition(key, partitions)
         self._partition_of[key] = partition
         return partition
 
