@@ -84,7 +84,6 @@ _SAVE_ADDRESS = text(
         locked_until = EXCLUDED.locked_until, updated_at = EXCLUDED.updated_at
     """
 )
-_CLEAR_SERIAL = text("DELETE FROM serial_throttle WHERE serial_key = :serial_key")
 _LOOKUP_COLUMNS = """
     t.token_id, t.scanner_id, t.org_id, t.code_digest, t.status, t.expires_at,
     s.serial_number AS scanner_serial, COALESCE(s.removed, false) AS scanner_removed
@@ -122,12 +121,6 @@ _LOCK_SCANNER = text(
     ON CONFLICT (scanner_id) DO UPDATE SET updated_at = now()
     RETURNING GREATEST(clock_timestamp(),
                        deauthorised_at + interval '1 microsecond') AS stamp
-    """
-)
-_REPLACE_CREDENTIALS = text(
-    """
-    UPDATE credentials SET status = 'replaced', ended_at = :at
-    WHERE scanner_id = :scanner_id AND status IN ('active', 'rotating')
     """
 )
 _INSERT_CREDENTIAL = text(
@@ -289,8 +282,6 @@ class Repository:
             "address": address, "failures": list(state.failures),
             "locked_until": state.locked_until, "now": now})
 
-    async def clear_serial(self, serial_key: str) -> None:
-        await _exec(self.session, _CLEAR_SERIAL, {"serial_key": serial_key})
 
     async def forget_stale_throttles(self, retention_seconds: float) -> None:
         for sql in (_FORGET_SERIALS, _FORGET_ADDRESSES):
@@ -338,14 +329,12 @@ class Repository:
         result = await _exec(self.session, _LOCK_SCANNER, {"scanner_id": scanner_id})
         return cast(datetime, result.scalar_one())
 
-    async def replace_credentials(self, scanner_id: str, at: datetime) -> None:
-        await _exec(self.session, _REPLACE_CREDENTIALS, {"scanner_id": scanner_id, "at": at})
 
     async def authorise(self, *, credential_id: str, scanner_id: str, org_id: str,
                         credential_digest: str, at: datetime, token_id: str,
                         serial_key: str) -> None:
-        """`replace_credentials`, `insert_credential` and `clear_serial` of a redemption, in
-        one statement."""
+        """A redemption's writes: the scanner's earlier credentials replaced, the new one
+        inserted, the serial's failures cleared; one statement."""
         await _exec(self.session, _AUTHORISE, {
             "credential_id": credential_id, "scanner_id": scanner_id, "org_id": org_id,
             "credential_digest": credential_digest, "at": at, "token_id": token_id,

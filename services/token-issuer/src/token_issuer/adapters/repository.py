@@ -70,11 +70,6 @@ async def scanner_with_grant(
     return ScannerRow(**fields), granted
 
 
-async def get_scanner(session: AsyncSession, scanner_id: str) -> ScannerRow | None:
-    statement = select(ScannerRow).where(col(ScannerRow.scanner_id) == scanner_id)
-    return (await session.exec(statement)).first()
-
-
 async def has_grant(session: AsyncSession, scanner_id: str, user_id: str) -> bool:
     statement = select(GrantRow).where(
         col(GrantRow.scanner_id) == scanner_id, col(GrantRow.user_id) == user_id
@@ -317,28 +312,6 @@ async def token_by_id(session: AsyncSession, token_id: str) -> TokenRow | None:
     return (await session.exec(select(TokenRow).where(col(TokenRow.token_id) == token_id))).first()
 
 
-_INSERT_TOKEN = text(
-    """
-    INSERT INTO tokens (token_id, scanner_id, org_id, code_ciphertext, code_digest, status,
-                        issued_at, issued_by, expires_at)
-    VALUES (:token_id, :scanner_id, :org_id, :code_ciphertext, :code_digest, 'active',
-            :issued_at, :issued_by, :expires_at)
-    """
-)
-
-
-async def insert_token(
-    session: AsyncSession, *, token_id: str, scanner_id: str, org_id: str,
-    code_ciphertext: bytes, code_digest: str, issued_at: datetime, issued_by: str,
-    expires_at: datetime,
-) -> None:
-    await run(session, _INSERT_TOKEN, {
-        "token_id": token_id, "scanner_id": scanner_id, "org_id": org_id,
-        "code_ciphertext": code_ciphertext, "code_digest": code_digest, "issued_at": issued_at,
-        "issued_by": issued_by, "expires_at": expires_at,
-    })
-
-
 _INSERT_TOKEN_AUDITED = text(
     """
     WITH audited AS (
@@ -358,7 +331,8 @@ async def insert_generated_token(
     code_ciphertext: bytes, code_digest: str, issued_at: datetime, issued_by: str,
     actor_org_id: str | None, expires_at: datetime,
 ) -> None:
-    """`insert_token` and its `generated` audit row (what `audit` writes), in one round trip."""
+    """A new active token and its `generated` audit row (what `audit` writes), in one round
+    trip."""
     await run(session, _INSERT_TOKEN_AUDITED, {
         "token_id": token_id, "scanner_id": scanner_id, "org_id": org_id,
         "code_ciphertext": code_ciphertext, "code_digest": code_digest, "issued_at": issued_at,
