@@ -26,16 +26,15 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
-from scanner_auth.devstack import Stack, System
+from scanner_auth.devstack import System
 from scanner_auth_shared.crypto import generate_code
 from scanner_auth_shared.events import NOTIFICATIONS_TOPIC, PUBLIC_TOPIC, SCANS_TOPIC, CloudEvent
 from scanner_auth_shared.testing.kafka import events_on, wait_for_events
+from scanner_auth_shared.testing.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
@@ -46,19 +45,6 @@ ROTATOR = "sc-quarry-2"  # rotates its credential again and again
 CHURNED = "sc-quarry-3"  # a new token again and again
 EMAILED = "sc-harbour-1"  # its code emailed to its organisation's admin again and again
 EMAIL_TO = "olga@harbour.example"
-
-
-@pytest.fixture(scope="module")
-def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    stack = Stack(Path(tmp_path_factory.mktemp("shutdown")))
-    try:
-        stack.start_infrastructure()
-        stack.start_services()
-        sys_ = System(stack)
-        stack.publish(*sys_.demo.events())
-        yield sys_
-    finally:
-        stack.stop()
 
 
 # ------------------------------------------------------------------------------ recording
@@ -183,20 +169,6 @@ class Load:
 
 
 # ------------------------------------------------------------------------------ helpers
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except httpx.HTTPError as exc:
-            last = exc
-        if last:
-            return last
-        time.sleep(0.2)
-    raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
 
 
 def published(system: System, *wanted: tuple[str, str, str]) -> dict[str, set[str]]:

@@ -14,22 +14,9 @@ import pytest
 from scanner_auth.devstack import System
 from scanner_auth_shared.events import NOTIFICATIONS_TOPIC, PUBLIC_TOPIC, SCANS_TOPIC
 from scanner_auth_shared.testing.kafka import read_topic, wait_for_events
+from scanner_auth_shared.testing.waiting import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
-
-
-def wait_until(check: Any, timeout: float, what: str, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except httpx.HTTPError as exc:
-            last = exc
-        if last:
-            return last
-        time.sleep(every)
-    raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
 
 
 def topic_text(system: System, topic: str) -> str:

@@ -8,16 +8,15 @@ import http.server
 import os
 import shutil
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from scanner_auth.devstack import Stack, System
+from scanner_auth_shared.testing.waiting import wait_until
 
 CHROMIUM = os.environ.get("UI_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -83,20 +82,6 @@ def host_app() -> Iterator[HostApp]:
     finally:
         server.shutdown()
         server.server_close()
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = check()
-        except httpx.HTTPError as exc:
-            last = exc
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
 
 
 @pytest.fixture(scope="module")

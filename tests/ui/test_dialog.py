@@ -23,6 +23,7 @@ import pytest
 from scanner_auth.devstack import System
 from scanner_auth_shared.events import PUBLIC_TOPIC
 from scanner_auth_shared.testing.kafka import wait_for_events
+from scanner_auth_shared.testing.waiting import wait_until
 
 expect = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed").expect
 
@@ -37,17 +38,6 @@ DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 SLOW = 30_000  # ms: events crossing Kafka on a busy two-core machine
-
-
-def wait_until(check: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
 
 
 def latest(system: System, sid: str, user: str = "ADMIN_JWT") -> dict[str, Any]:

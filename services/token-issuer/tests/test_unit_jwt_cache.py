@@ -11,20 +11,30 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from scanner_auth_shared.auth import InvalidToken, JwtVerifier
+from scanner_auth_shared.auth import InvalidToken, JwtVerifier, Principal
 
 pytestmark = pytest.mark.unit
 
 ISSUER, AUDIENCE = "https://id.example.test", "scanner-auth"
 
 
-def _setup() -> tuple[ec.EllipticCurvePrivateKey, JwtVerifier]:
+class CountingVerifier(JwtVerifier):
+    """Counts the full verifications (signature and claims) it makes."""
+
+    checks = 0
+
+    async def _verify(self, token: str) -> tuple[Principal, float]:
+        self.checks += 1
+        return await super()._verify(token)
+
+
+def _setup() -> tuple[ec.EllipticCurvePrivateKey, CountingVerifier]:
     key = ec.generate_private_key(ec.SECP256R1())
     pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     ).decode()
-    return key, JwtVerifier(issuer=ISSUER, audience=AUDIENCE, public_key_pem=pem,
-                            leeway_seconds=0)
+    return key, CountingVerifier(issuer=ISSUER, audience=AUDIENCE, public_key_pem=pem,
+                                 leeway_seconds=0)
 
 
 def _mint(key: ec.EllipticCurvePrivateKey, exp: float) -> str:
@@ -38,7 +48,8 @@ def test_a_remembered_token_stops_working_at_its_expiry() -> None:
 
     async def scenario() -> None:
         first = await verifier.verify(token)
-        assert await verifier.verify(token) == first  # from the cache
+        assert await verifier.verify(token) == first
+        assert verifier.checks == 1  # the second came from the cache
         assert first.user_id == "u-1" and first.roles == frozenset({"admin"})
         await asyncio.sleep(max(0.0, int(time.time() + 2) - time.time()) + 0.2)
         with pytest.raises(InvalidToken):
