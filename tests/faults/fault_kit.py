@@ -42,7 +42,7 @@ from scanner_auth_shared.events import (
     UserUpserted,
 )
 from scanner_auth_shared.testing.identity import TestIdentity
-from scanner_auth_shared.testing.kafka import publish_events, read_topic
+from scanner_auth_shared.testing.kafka import publish_events, read_topic, topic_partitions
 
 ORG = "org-quarry"  # the demo organisation: its admin (u-alice) manages every scanner in it
 DATABASES = {name: name.replace("-", "_") for name in SERVICE_ORDER}
@@ -350,12 +350,8 @@ class Rig:
         )
         await consumer.start()
         try:
-            partitions = consumer.partitions_for_topic(topic)
-            if not partitions:
-                await consumer._client.force_metadata_update()
-                partitions = consumer.partitions_for_topic(topic) or set()
             out = {}
-            for p in sorted(partitions):
+            for p in sorted(await topic_partitions(consumer, topic)):
                 committed = await consumer.committed(TopicPartition(topic, p))
                 out[p] = -1 if committed is None else int(committed)
             return out

@@ -44,6 +44,16 @@ async def publish_events(
     return events
 
 
+async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    """The partitions of `topic` (empty if it does not exist), asking the broker again if the
+    started consumer's metadata does not know the topic yet."""
+    partitions = consumer.partitions_for_topic(topic)
+    if not partitions:
+        await consumer._client.force_metadata_update()
+        partitions = consumer.partitions_for_topic(topic) or set()
+    return set(partitions)
+
+
 async def read_topic(bootstrap: str, topic: str, timeout: float = 5.0) -> list[Any]:
     """Every record now on `topic` (aiokafka ConsumerRecord), from the start of each partition."""
     consumer = AIOKafkaConsumer(
@@ -51,11 +61,7 @@ async def read_topic(bootstrap: str, topic: str, timeout: float = 5.0) -> list[A
     )
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if not partitions:
-            await consumer._client.force_metadata_update()
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in partitions]
+        tps = [TopicPartition(topic, p) for p in await topic_partitions(consumer, topic)]
         if not tps:
             return []
         ends = await consumer.end_offsets(tps)
