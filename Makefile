@@ -13,9 +13,13 @@ ACCEPTANCE := ../shared/acceptance/run
 CHROMIUM := /usr/bin/chromium
 # wrk, an independent HTTP load generator, for the benchmarks (bench/) and their smoke test.
 WRK := /usr/bin/wrk
+# Apache Kafka's jars from Maven Central (tools/kafka/pom.xml), for the tests and benchmarks;
+# Java 17 and Maven from Debian when missing.
+JAVA := $(shell command -v java 2>/dev/null)
+MVN := $(shell command -v mvn 2>/dev/null)
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: run test test-faults install lint typecheck unit integration e2e acceptance contracts bench bench-quick clean help
+.PHONY: run test test-faults install kafka java lint typecheck unit integration e2e acceptance contracts bench bench-quick clean help
 
 help:
 	@echo "make run    start the whole system with embedded infrastructure (scanner-auth dev)"
@@ -39,6 +43,17 @@ $(WRK):
 install: $(UV)
 	$(UV) sync --frozen --all-packages
 
+# Java and Maven, from Debian, when either is missing.
+java:
+	@if [[ -z "$(JAVA)" || -z "$(MVN)" ]]; then \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) DEBIAN_FRONTEND=noninteractive apt-get install -y -qq default-jre-headless maven; \
+	fi
+
+# Kafka's jars, resolved with Maven once into .tools/kafka/lib (about 55 MB); instant after.
+kafka: install java
+	$(UV) run --frozen python -m scanner_auth_shared.kafka_broker
+
 run: install
 	$(UV) run --frozen scanner-auth dev
 
@@ -52,17 +67,23 @@ typecheck: install
 unit: install
 	$(UV) run --frozen pytest -m unit
 
-test: install $(CHROMIUM) $(WRK) lint typecheck
+integration: install kafka
+	$(UV) run --frozen pytest -m integration
+
+e2e: install kafka
+	$(UV) run --frozen pytest -m e2e
+
+test: install kafka $(CHROMIUM) $(WRK) lint typecheck
 	$(UV) run --frozen pytest
 	@if [[ -x $(ACCEPTANCE) ]]; then $(ACCEPTANCE); else echo "acceptance checks not found at $(ACCEPTANCE): skipped"; fi
 
-test-faults: install
+test-faults: install kafka
 	$(UV) run --frozen pytest tests/faults tests/fuzz tests/security
 
-bench: install $(WRK)
+bench: install kafka $(WRK)
 	$(UV) run --frozen python bench/run.py --profile full
 
-bench-quick: install $(WRK)
+bench-quick: install kafka $(WRK)
 	$(UV) run --frozen python bench/run.py --profile quick
 
 contracts: install

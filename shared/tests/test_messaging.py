@@ -1,5 +1,6 @@
 """The broker a service builds: its producer options and its subscribers' fetch wait, as the
-started aiokafka clients hold them (a real Kafka-protocol broker)."""
+started aiokafka clients hold them, on Apache Kafka; and the idempotence switch (KAFKA_IDEMPOTENCE)
+against a broker that hands out producer ids (Kafka) and one that does not (Tansu)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,21 @@ import asyncio
 from typing import Any
 
 import pytest
+from aiokafka.errors import UnknownError
 
+from scanner_auth_shared import metrics
 from scanner_auth_shared.events import PUBLIC_TOPIC, CloudEvent, EventData
+from scanner_auth_shared.infra import TansuBroker
 from scanner_auth_shared.messaging import (
     FETCH_MAX_WAIT_MS,
     aiokafka_producer,
     create_broker,
+    producer_options,
     start_broker,
     subscribe_events,
 )
 from scanner_auth_shared.settings import ServiceSettings
+from scanner_auth_shared.testing.kafka import read_topic
 from scanner_auth_shared.testing.plugin import FAST_CONSUMERS
 
 pytestmark = pytest.mark.integration
@@ -68,3 +74,75 @@ async def test_the_defaults_stand_when_a_service_passes_nothing(kafka: Any) -> N
         assert producer._sender._acks == -1  # acks="all": 202 only after every replica has it
     finally:
         await asyncio.wait_for(broker.stop(), 10)
+
+
+def _idempotent(producer: Any) -> bool:
+    """Whether the started aiokafka producer runs as an idempotent producer with a producer id
+    from the broker (private aiokafka state, read only: a library change fails this test)."""
+    manager = producer._txn_manager
+    return manager is not None and manager.producer_id >= 0
+
+
+async def test_producers_are_idempotent_on_apache_kafka(kafka: Any) -> None:
+    """The production default (KAFKA_IDEMPOTENCE=auto): Kafka hands out a producer id, and the
+    producer that the relay and scan-ingest send record batches with uses it."""
+    settings = ServiceSettings(kafka_bootstrap_servers=kafka.bootstrap, **FAST_CONSUMERS)
+    assert settings.kafka_idempotence == "auto"
+    broker = create_broker(settings, "t")
+    await start_broker(broker, settings.kafka_idempotence)
+    try:
+        producer = aiokafka_producer(broker)
+        assert producer is not None
+        batch = producer.create_batch()
+        batch.append(key=b"k", value=b"v", timestamp=None)
+        await (await producer.send_batch(batch, "idempotence-test", partition=0))
+        assert _idempotent(producer)
+        assert producer._sender._acks == -1
+        assert metrics.KAFKA_IDEMPOTENT._value.get() == 1
+        assert [r.value for r in await read_topic(kafka.bootstrap, "idempotence-test")] == [b"v"]
+    finally:
+        await asyncio.wait_for(broker.stop(), 10)
+
+
+@pytest.fixture
+def tansu(tmp_path: Any) -> Any:
+    broker = TansuBroker(tmp_path / "tansu.log").start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+async def test_auto_falls_back_on_a_broker_without_producer_ids(tansu: Any) -> None:
+    """Tansu (the dev stack's default, and the acceptance checks' broker) answers InitProducerId
+    with UNKNOWN_SERVER_ERROR: `auto` then produces without idempotence (acks=all still), and
+    says so in the gauge."""
+    settings = ServiceSettings(kafka_bootstrap_servers=tansu.bootstrap, **FAST_CONSUMERS)
+    broker = create_broker(settings, "t")
+    await start_broker(broker, "auto")
+    try:
+        assert producer_options(broker)["enable_idempotence"] is False
+        await asyncio.wait_for(broker.publish(b"v", "fallback-test", key=b"k"), 10)
+        assert metrics.KAFKA_IDEMPOTENT._value.get() == 0
+    finally:
+        await asyncio.wait_for(broker.stop(), 10)
+
+
+async def test_required_refuses_to_start_without_producer_ids(tansu: Any) -> None:
+    """KAFKA_IDEMPOTENCE=required never falls back: the producer cannot start, so neither does
+    the service (Kubernetes restarts it and says why)."""
+    settings = ServiceSettings(
+        kafka_bootstrap_servers=tansu.bootstrap, kafka_idempotence="required", **FAST_CONSUMERS
+    )
+    broker = create_broker(settings, "t")
+    try:
+        with pytest.raises(UnknownError):
+            await asyncio.wait_for(start_broker(broker, "required"), 30)
+        assert producer_options(broker)["enable_idempotence"] is True
+    finally:
+        await asyncio.wait_for(broker.stop(), 10)
+
+
+def test_off_turns_idempotence_off() -> None:
+    settings = ServiceSettings(kafka_bootstrap_servers="127.0.0.1:9", kafka_idempotence="off")
+    assert producer_options(create_broker(settings, "t"))["enable_idempotence"] is False

@@ -76,7 +76,9 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 def cmd_dev(args: argparse.Namespace) -> None:
     from .devstack import run_dev
 
-    raise SystemExit(run_dev(Path(args.data_dir), smtp_port=args.smtp_port, quiet=args.quiet))
+    raise SystemExit(
+        run_dev(Path(args.data_dir), smtp_port=args.smtp_port, quiet=args.quiet, kafka=args.kafka)
+    )
 
 
 def cmd_mail(args: argparse.Namespace) -> None:
@@ -106,6 +108,13 @@ def parser() -> argparse.ArgumentParser:
     )
     dev.add_argument("--smtp-port", type=int, default=0, help="SMTP sink port (default: any free)")
     dev.add_argument("--quiet", action="store_true", help="print only the essentials")
+    dev.add_argument(
+        "--kafka",
+        choices=("tansu", "apache"),
+        default="tansu",
+        help="the broker: tansu (in memory, starts at once; the default) or apache (Apache "
+        "Kafka from Maven Central's jars, as the tests run; needs Java 17)",
+    )
     dev.set_defaults(func=cmd_dev)
 
     for name, func, text in (

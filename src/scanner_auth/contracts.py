@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml  # type: ignore[import-untyped]
+import yaml
 from faststream.specification import AsyncAPI
 from pydantic import BaseModel, Field, WithJsonSchema
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource

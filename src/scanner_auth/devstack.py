@@ -18,18 +18,23 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes, policy
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 
 from scanner_auth_shared.events import DIRECTORY_TOPIC, EventData, new_event
 from scanner_auth_shared.infra import EmbeddedPostgres, MailSink, TansuBroker, free_port
+from scanner_auth_shared.kafka_broker import ApacheKafka
 from scanner_auth_shared.testing.identity import TestIdentity
 
 from .demo import DemoDirectory
 from .services import SERVICES
 
 SERVICE_ORDER = ("token-issuer", "redeemer", "scan-ingest", "notifier")
+# Which broker a stack runs: Apache Kafka (the tests', Java needed) or Tansu (the quick default
+# of `scanner-auth dev`: in memory, starts in 0.1 s, but no idempotent producer and nothing kept
+# across a restart).
+KafkaKind = Literal["apache", "tansu"]
 
 
 @dataclass
@@ -79,26 +84,33 @@ class ServiceProcess:
 
 @dataclass
 class Stack:
-    """Embedded PostgreSQL, Tansu, an SMTP sink and the four services as processes."""
+    """Embedded PostgreSQL, a Kafka broker (Apache Kafka or Tansu), an SMTP sink and the four
+    services as processes."""
 
     root: Path
     smtp_port: int = 0
     fixed_ports: bool = False  # the contract's default ports (dev) or free ones (tests)
+    kafka: KafkaKind = "apache"
     extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
     identity: TestIdentity = field(default_factory=TestIdentity)
     postgres: EmbeddedPostgres | None = None
-    broker: TansuBroker | None = None
+    broker: ApacheKafka | TansuBroker | None = None
     mail: MailSink | None = None
     services: dict[str, ServiceProcess] = field(default_factory=dict)
 
     def start_infrastructure(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        pg_dir = self.root / "postgres"
-        # Tansu keeps nothing across a restart, so neither does the database: each run starts
-        # from a clean, consistent state.
+        pg_dir, kafka_dir = self.root / "postgres", self.root / "kafka"
+        # Tansu keeps nothing across a restart, so neither does the database (nor Apache
+        # Kafka's folder, for the same clean start): each run starts from a consistent state.
         shutil.rmtree(pg_dir, ignore_errors=True)
+        shutil.rmtree(kafka_dir, ignore_errors=True)
         self.postgres = EmbeddedPostgres(pg_dir).start()
-        self.broker = TansuBroker(self.root / "logs" / "broker.log").start()
+        self.broker = (
+            ApacheKafka(kafka_dir).start()
+            if self.kafka == "apache"
+            else TansuBroker(self.root / "logs" / "broker.log").start()
+        )
         self.mail = MailSink(folder=self.root / "mail", port=self.smtp_port or free_port()).start()
 
     def service_env(self) -> dict[str, dict[str, str]]:
@@ -122,6 +134,9 @@ class Stack:
             "KAFKA_HEARTBEAT_INTERVAL_MS": "500",
             "SHUTDOWN_GRACE_SECONDS": "10",
         }
+        if self.kafka == "tansu":
+            # Tansu hands out no producer ids: say so rather than have every service probe.
+            shared["KAFKA_IDEMPOTENCE"] = "off"
         envs = {}
         for name in SERVICE_ORDER:
             spec = SERVICES[name]
@@ -251,8 +266,10 @@ class System:
 # ------------------------------------------------------------------------------ scanner-auth dev
 
 
-def run_dev(root: Path, *, smtp_port: int = 0, quiet: bool = False) -> int:
-    stack = Stack(root.resolve(), smtp_port=smtp_port, fixed_ports=True)
+def run_dev(
+    root: Path, *, smtp_port: int = 0, quiet: bool = False, kafka: KafkaKind = "tansu"
+) -> int:
+    stack = Stack(root.resolve(), smtp_port=smtp_port, fixed_ports=True, kafka=kafka)
     stopping = {"signal": 0}
 
     def on_signal(signum: int, _: Any) -> None:
@@ -311,7 +328,7 @@ def _print_welcome(stack: Stack, demo: DemoDirectory, took: float, quiet: bool) 
         "(act as any demo user there)",
         "  infrastructure",
         f"    postgresql    {stack.postgres.url('<service>')}",
-        f"    kafka         {stack.broker.bootstrap}",
+        f"    kafka         {stack.broker.bootstrap}  ({_broker_name(stack)})",
         f"    smtp sink     127.0.0.1:{stack.mail.port}  (mails: {stack.mail.folder})",
         "                  `scanner-auth mail` lists them",
         f"    logs          {stack.root / 'logs'}",
@@ -350,6 +367,12 @@ def _print_welcome(stack: Stack, demo: DemoDirectory, took: float, quiet: bool) 
             line for line in lines if "export" in line or "ready" in line or line.startswith("    ")
         ]
     print("\n".join(lines), flush=True)
+
+
+def _broker_name(stack: Stack) -> str:
+    if isinstance(stack.broker, ApacheKafka):
+        return stack.broker.description
+    return "Tansu, in memory; `scanner-auth dev --kafka apache` for Apache Kafka"
 
 
 def list_mail(root: Path) -> None:

@@ -1,9 +1,10 @@
-"""All four services as processes (`scanner-auth serve`), on embedded infrastructure."""
+"""All four services as processes (`scanner-auth serve`), on embedded PostgreSQL, Apache Kafka
+and an SMTP sink."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -11,8 +12,8 @@ from scanner_auth.devstack import Stack, System
 
 
 @pytest.fixture(scope="module")
-def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    stack = Stack(Path(tmp_path_factory.mktemp("stack")))
+def system(private_tmp: Any) -> Iterator[System]:
+    stack = Stack(private_tmp("stack"))
     try:
         stack.start_infrastructure()
         stack.start_services()

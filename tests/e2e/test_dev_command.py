@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -25,13 +25,21 @@ def _ports_free(ports: list[int]) -> bool:
     return not used.intersection(ports)
 
 
-def test_dev_brings_everything_up_and_ctrl_c_leaves_nothing_behind(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("kafka", "banner"),
+    [(None, "Tansu, in memory"), ("apache", "Apache Kafka 4.")],
+    ids=["default-tansu", "apache-kafka"],
+)
+def test_dev_brings_everything_up_and_ctrl_c_leaves_nothing_behind(
+    private_tmp: Any, kafka: str | None, banner: str
+) -> None:
     ports = [8001, 8002, 8003, 8004]
     if not _ports_free(ports):
         pytest.skip("the contract's default ports are taken on this machine")
-    data_dir = tmp_path / "dev"
+    data_dir = private_tmp("dev") / "dev"
+    choice = ["--kafka", kafka] if kafka else []
     proc = subprocess.Popen(
-        [sys.executable, "-m", "scanner_auth", "dev", "--data-dir", str(data_dir)],
+        [sys.executable, "-m", "scanner_auth", "dev", "--data-dir", str(data_dir), *choice],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -55,6 +63,7 @@ def test_dev_brings_everything_up_and_ctrl_c_leaves_nothing_behind(tmp_path: Pat
             assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
         for name in ("ADMIN_JWT", "USER_JWT", "SUPPORT_JWT"):
             assert f"export {name}=ey" in text
+        assert banner in text  # it says which broker it runs
         # every process the dev command started, found before stopping it
         tree = psutil.Process(proc.pid).children(recursive=True)
         started_pids = {p.pid for p in tree}

@@ -89,13 +89,13 @@ _SHARED: list[Rig] = []
 
 
 @pytest.fixture(scope="session")
-def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+def rig(private_tmp: Any) -> Iterator[Rig]:
     """The stack, started once per session however many of the three suites run: the first
     suite's fixture starts it, and stops it when the session ends."""
     if _SHARED:
         yield _SHARED[0]
         return
-    stack = start_stack(tmp_path_factory.mktemp("stack"), SUITE_ENV)
+    stack = start_stack(private_tmp("stack"), SUITE_ENV)
     _SHARED.append(Rig(stack))
     try:
         yield _SHARED[0]

@@ -10,7 +10,6 @@ import shutil
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -85,9 +84,9 @@ def host_app() -> Iterator[HostApp]:
 
 
 @pytest.fixture(scope="module")
-def system(tmp_path_factory: pytest.TempPathFactory, host_app: HostApp) -> Iterator[System]:
+def system(private_tmp: Any, host_app: HostApp) -> Iterator[System]:
     stack = Stack(
-        Path(tmp_path_factory.mktemp("ui-stack")),
+        private_tmp("ui-stack"),
         extra_env={"token-issuer": {"UI_HOST_ORIGINS": host_app.origin}},
     )
     try:

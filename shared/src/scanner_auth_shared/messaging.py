@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 import operator
 import random
@@ -41,6 +42,7 @@ from .settings import ConfigurationError, ServiceSettings
 log = logging.getLogger("scanner_auth.messaging")
 
 Handler = Callable[[CloudEvent, EventData], Awaitable[None]]
+Idempotence = Literal["auto", "required", "off"]
 
 # How long a subscriber's fetch waits on the broker for records to arrive (aiokafka's default:
 # 500 ms). Kafka answers a parked fetch as soon as records arrive; Tansu (dev, tests, bench)
@@ -77,28 +79,76 @@ def kafka_security(settings: ServiceSettings) -> BaseSecurity | None:
     )
 
 
-# Producer options every service gets unless it passes its own to `create_broker`.
+# Producer options every service gets unless it passes its own to `create_broker`: what a Kafka
+# operator expects of a producer that must neither lose nor reorder nor duplicate on retry.
+# - acks=all: a record is acknowledged once every in-sync replica has it (the topics require
+#   min.insync.replicas 2 of 3, deploy/k8s/topics).
+# - enable_idempotence: the broker drops a retried batch it already wrote and keeps a
+#   partition's batches in order across retries (aiokafka sends one batch per partition at a
+#   time). KAFKA_IDEMPOTENCE decides (see `start_broker`).
+# - request_timeout_ms: how long one produce request may wait for its acknowledgement; the
+#   outbox relay then retries from the oldest row, scan-ingest answers 503.
 PRODUCER_DEFAULTS: dict[str, Any] = {
     "acks": "all",
-    # Tansu (dev, tests) has no InitProducerId; ordering holds per partition regardless, and
-    # consumers deduplicate on the event id.
-    "enable_idempotence": False,
+    "enable_idempotence": True,
     "linger_ms": 2,
     "request_timeout_ms": 15_000,
+    "retry_backoff_ms": 100,
 }
 
 
 def create_broker(settings: ServiceSettings, service: str, **producer: Any) -> KafkaBroker:
     """The service's broker; `producer` passes aiokafka producer options (max_request_size,
-    max_batch_size…) and overrides PRODUCER_DEFAULTS (linger_ms…)."""
+    max_batch_size…) and overrides PRODUCER_DEFAULTS (linger_ms…). Idempotence follows
+    KAFKA_IDEMPOTENCE: `off` turns it off; `auto` and `required` ask for it (`start_broker`)."""
+    options = {**PRODUCER_DEFAULTS, **producer}
+    if settings.kafka_idempotence == "off":
+        options["enable_idempotence"] = False
     return KafkaBroker(
         settings.kafka_bootstrap_servers,
         client_id=f"{settings.kafka_client_id}-{service}",
         logger=logging.getLogger(f"scanner_auth.{service}.kafka"),
         graceful_timeout=settings.shutdown_grace_seconds,
         security=kafka_security(settings),
-        **{**PRODUCER_DEFAULTS, **producer},
+        **options,
     )
+
+
+def producer_options(broker: KafkaBroker) -> dict[str, Any]:
+    """The options faststream will build the broker's aiokafka producer with at connect().
+    faststream 0.7 keeps them in `broker._connection_kwargs`; `shared/tests/test_messaging.py`
+    fails if that moves."""
+    options = getattr(broker, "_connection_kwargs", None)
+    if not isinstance(options, dict):
+        raise RuntimeError("faststream's KafkaBroker no longer keeps _connection_kwargs")
+    return options
+
+
+async def broker_grants_producer_ids(broker: KafkaBroker) -> bool:
+    """Whether the cluster hands out producer ids (InitProducerId), which idempotence needs.
+    Kafka does; Tansu (`scanner-auth dev`'s default broker, the acceptance checks') answers
+    UNKNOWN_SERVER_ERROR. A connection failure raises: that is an outage, not an answer."""
+    from aiokafka.client import AIOKafkaClient
+    from aiokafka.errors import KafkaConnectionError, KafkaError
+    from aiokafka.protocol.transaction import InitProducerIdRequest
+
+    accepted = set(inspect.signature(AIOKafkaClient).parameters)
+    options = {k: v for k, v in producer_options(broker).items() if k in accepted}
+    client = AIOKafkaClient(**options)
+    try:
+        await client.bootstrap()
+        node = client.get_random_node()
+        try:
+            response = await client.send(
+                node, InitProducerIdRequest(transactional_id=None, transaction_timeout_ms=60_000)
+            )
+        except KafkaConnectionError:
+            raise
+        except KafkaError:
+            return False
+        return getattr(response, "error_code", -1) == 0
+    finally:
+        await client.close()
 
 
 def kafka_headers(event_type: str) -> dict[str, str]:
@@ -164,9 +214,25 @@ def aiokafka_producer(broker: KafkaBroker) -> Any | None:
     return producer if callable(getattr(producer, "send_batch", None)) else None
 
 
-async def start_broker(broker: KafkaBroker) -> None:
-    """Like `broker.start()`, but subscribers join their groups concurrently: each join takes
-    about half the session timeout, and a service has several."""
+async def start_broker(broker: KafkaBroker, idempotence: Idempotence = "required") -> None:
+    """Like `broker.start()`, but subscribers join their groups concurrently (each join is a
+    round of the group protocol, and a service has several), and the producer's idempotence
+    settled first.
+
+    KAFKA_IDEMPOTENCE=auto (the default): idempotent when the cluster hands out producer ids,
+    as every Kafka since 0.11 does; a broker that cannot (Tansu) gets a plain acks=all producer,
+    with a warning and `scanner_auth_kafka_idempotent_producer` 0. `required` never falls back:
+    a refusing broker then gets no record from us. `off`: never idempotent."""
+    options = producer_options(broker)
+    asks = idempotence == "auto" and options.get("enable_idempotence")
+    if asks and not await broker_grants_producer_ids(broker):
+        options["enable_idempotence"] = False
+        log.warning(
+            "the Kafka cluster hands out no producer ids: producing without idempotence "
+            "(acks=all still); set KAFKA_IDEMPOTENCE=required to refuse instead",
+            extra={"bootstrap": options.get("bootstrap_servers")},
+        )
+    metrics.KAFKA_IDEMPOTENT.set(1 if options.get("enable_idempotence") else 0)
     await broker.connect()
     await asyncio.gather(*(sub.start() for sub in broker.subscribers))
     for pub in broker.publishers:

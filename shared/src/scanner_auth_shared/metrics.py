@@ -29,3 +29,8 @@ OUTBOX_PENDING = Gauge(
     "Outbox rows seen waiting at the relay's last pass (capped at a batch)",
     ["service"],
 )
+
+KAFKA_IDEMPOTENT = Gauge(
+    "scanner_auth_kafka_idempotent_producer",
+    "1 when the service's Kafka producer is idempotent, 0 when the cluster refused producer ids",
+)

@@ -96,7 +96,7 @@ class ServiceRuntime:
             self.database.connect()
         for hook in self.on_start:
             await hook()
-        await start_broker(self.broker)
+        await start_broker(self.broker, self.settings.kafka_idempotence)
         if self.relay is not None:
             self._spawn("outbox-relay", self.relay.run)
         for name, task in self.background.items():

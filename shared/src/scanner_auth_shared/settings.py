@@ -109,6 +109,10 @@ class ServiceSettings(BaseSettings):
     kafka_sasl_username: str | None = None
     kafka_sasl_password: SecretStr | None = None
     kafka_ssl_cafile: str | None = Field(None, description="CA bundle; default: the system's")
+    # The idempotent producer (messaging.start_broker): `auto` uses it whenever the cluster
+    # hands out producer ids (every Kafka does), `required` refuses to produce without it,
+    # `off` never uses it (the dev stack's in-memory broker has none).
+    kafka_idempotence: Literal["auto", "required", "off"] = "auto"
     # How long a consumer retries a message that fails for a reason other than its content
     # (a database outage, say) before it stops retrying in place and parks it in the DLQ.
     # Infrastructure errors are retried without limit: an outage must not empty the topic.
