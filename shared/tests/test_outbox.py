@@ -10,14 +10,15 @@ import asyncpg
 import pytest
 from faststream.kafka import KafkaBroker
 
-from scanner_auth_shared.db import Database, asyncpg_dsn
 from scanner_auth_shared.events import CloudEvent, TokenExpired, new_event, utcnow
 from scanner_auth_shared.messaging import aiokafka_producer, create_broker
-from scanner_auth_shared.outbox import MESSAGING_DDL, OutboxRelay, enqueue
+from scanner_auth_shared.outbox import MESSAGING_DDL, OutboxRelay
+from scanner_auth_shared.postgres import Connection, Database, asyncpg_dsn
 from scanner_auth_shared.runtime import ServiceRuntime
 from scanner_auth_shared.settings import DatabaseSettings
 from scanner_auth_shared.testing.kafka import read_topic
 from scanner_auth_shared.testing.plugin import FAST_CONSUMERS
+from scanner_auth_shared.uow import Outgoing, write_outbox
 
 pytestmark = pytest.mark.integration
 TOPIC = "outbox.test.v1"
@@ -30,6 +31,11 @@ async def _schema(url: str) -> None:
             await conn.execute(ddl)
     finally:
         await conn.close()
+
+
+async def _enqueue(conn: Connection, event: CloudEvent) -> None:
+    """The outbox row of `event` (test topic, keyed by its subject) in `conn`'s transaction."""
+    await write_outbox(conn, [Outgoing(event, TOPIC, event.subject)])
 
 
 def _event(key: str, n: int) -> CloudEvent:
@@ -54,7 +60,7 @@ async def _relay(
     if batched:
         assert aiokafka_producer(broker) is not None
         kw["producer"] = lambda: aiokafka_producer(broker)
-    relay = OutboxRelay(asyncpg_dsn(url), send, service=name, poll_interval=0.2, **kw)
+    relay = OutboxRelay(Database(url), send, service=name, poll_interval=0.2, **kw)
     task = asyncio.create_task(relay.run())
     try:
         yield relay
@@ -85,15 +91,17 @@ async def _until(check: Any, timeout: float = 10.0) -> Any:
 async def test_an_event_is_published_only_after_its_transaction_commits(database_url, kafka):
     await _schema(database_url)
     db = Database(database_url)
-    db.connect()
+    await db.connect()
     async with _relay(database_url, kafka.bootstrap):
-        async with db.session() as session:
-            await session.begin()
-            await enqueue(session, _event("k", 1), topic=TOPIC)
-            await session.flush()
-            await asyncio.sleep(1.0)  # the relay polls every 0.2 s and is woken by NOTIFY
+        async with db.connection() as conn:
+            transaction = conn.transaction()
+            await transaction.start()
+            await _enqueue(conn, _event("k", 1))
+            # Written, not committed: the relay (polling every 0.2 s, woken by NOTIFY at commit)
+            # has had five polls to see the row, were it visible.
+            await asyncio.sleep(1.0)
             assert await _published(kafka.bootstrap) == []
-            await session.commit()
+            await transaction.commit()
         assert await _until(lambda: _published(kafka.bootstrap)) == ["t1"]
     await db.dispose()
 
@@ -101,14 +109,14 @@ async def test_an_event_is_published_only_after_its_transaction_commits(database
 async def test_a_rolled_back_transaction_publishes_nothing(database_url, kafka):
     await _schema(database_url)
     db = Database(database_url)
-    db.connect()
+    await db.connect()
     async with _relay(database_url, kafka.bootstrap):
         with contextlib.suppress(RuntimeError):
-            async with db.transaction() as session:
-                await enqueue(session, _event("k", 1), topic=TOPIC)
+            async with db.transaction() as conn:
+                await _enqueue(conn, _event("k", 1))
                 raise RuntimeError("the state change failed")
-        async with db.transaction() as session:
-            await enqueue(session, _event("k", 2), topic=TOPIC)
+        async with db.transaction() as conn:
+            await _enqueue(conn, _event("k", 2))
         assert await _until(lambda: _published(kafka.bootstrap)) == ["t2"]
         await asyncio.sleep(0.5)
         assert await _published(kafka.bootstrap) == ["t2"]
@@ -119,12 +127,12 @@ async def test_a_rolled_back_transaction_publishes_nothing(database_url, kafka):
 async def test_relay_restarts_lose_nothing_and_keep_per_key_order(database_url, kafka, batched):
     await _schema(database_url)
     db = Database(database_url)
-    db.connect()
+    await db.connect()
     n = 600
     for start in range(0, n, 100):
-        async with db.transaction() as session:
+        async with db.transaction() as conn:
             for i in range(start, start + 100):
-                await enqueue(session, _event(f"key-{i % 3}", i), topic=TOPIC)
+                await _enqueue(conn, _event(f"key-{i % 3}", i))
     # Three short-lived relays, each stopped (or cancelled) mid-stream, then one to finish.
     for _ in range(3):
         async with _relay(database_url, kafka.bootstrap, batched=batched, batch_size=50):
@@ -156,7 +164,7 @@ async def _count_ge(bootstrap: str, n: int) -> bool:
 async def test_only_one_of_several_relays_publishes_at_a_time(database_url, kafka):
     await _schema(database_url)
     db = Database(database_url)
-    db.connect()
+    await db.connect()
     async with (
         _relay(database_url, kafka.bootstrap) as a,
         _relay(database_url, kafka.bootstrap) as b,
@@ -164,8 +172,8 @@ async def test_only_one_of_several_relays_publishes_at_a_time(database_url, kafk
         await asyncio.sleep(0.5)
         assert [a.active, b.active].count(True) == 1
         for i in range(50):
-            async with db.transaction() as session:
-                await enqueue(session, _event("same-key", i), topic=TOPIC)
+            async with db.transaction() as conn:
+                await _enqueue(conn, _event("same-key", i))
         await _until(lambda: _count_ge(kafka.bootstrap, 50))
     assert await _published(kafka.bootstrap) == [f"t{i}" for i in range(50)]
     await db.dispose()
@@ -178,16 +186,16 @@ async def test_a_broker_outage_delays_events_without_losing_or_reordering_them(
     kafka = private_kafka  # a broker of its own, to pause
     await _schema(database_url)
     db = Database(database_url)
-    db.connect()
+    await db.connect()
     async with _relay(database_url, kafka.bootstrap, batched=batched) as relay:
-        async with db.transaction() as session:
-            await enqueue(session, _event("k", 0), topic=TOPIC)
+        async with db.transaction() as conn:
+            await _enqueue(conn, _event("k", 0))
         await _until(lambda: _count_ge(kafka.bootstrap, 1))
         kafka.pause()
         try:
             for i in range(1, 20):
-                async with db.transaction() as session:
-                    await enqueue(session, _event("k", i), topic=TOPIC)
+                async with db.transaction() as conn:
+                    await _enqueue(conn, _event("k", i))
             await asyncio.sleep(6)  # longer than the producer's request timeout
         finally:
             kafka.resume()
@@ -219,15 +227,15 @@ async def test_the_services_relay_sends_record_batches_in_order_per_key(database
 
     relay.send = send
     db = Database(database_url)
-    db.connect()
+    await db.connect()
     n = 300
     async with runtime.running():
         assert relay.producer is not None
         assert relay.producer() is aiokafka_producer(runtime.broker) is not None
         for start in range(0, n, 30):
-            async with db.transaction() as session:
+            async with db.transaction() as conn:
                 for i in range(start, start + 30):
-                    await enqueue(session, _event(f"key-{i % 4}", i), topic=TOPIC)
+                    await _enqueue(conn, _event(f"key-{i % 4}", i))
         assert await _until(lambda: _count_ge(kafka.bootstrap, n), 20)
     await db.dispose()
     assert per_row == []

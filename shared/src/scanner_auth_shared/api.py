@@ -21,9 +21,10 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .db import is_infrastructure_error
 from .http import PROBLEM, MetricsMiddleware, ProblemResponse, ops_routes
+from .outages import is_infrastructure_error
 from .runtime import ServiceRuntime, lifespan_for
 
 log = logging.getLogger("scanner_auth.api")
@@ -131,15 +132,78 @@ _UNAVAILABLE_DOC: dict[int | str, dict[str, Any]] = {
 }
 
 
+RETRY_AFTER_SECONDS = 5
+UNAVAILABLE_DETAIL = "temporarily unavailable; try again shortly"
+
+
+def unavailable() -> ProblemResponse:
+    """The answer to a request that met an outage: 503, a problem, `Retry-After`."""
+    return problem(503, UNAVAILABLE_DETAIL, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+
+class OutageMiddleware:
+    """Every route of every service answers an outage (the database or Kafka unreachable,
+    restarting, read-only, out of connections; a connection cut mid-transaction) with 503, a
+    problem and `Retry-After`: never a 500. It sits inside Starlette's error middleware and
+    outside every route and exception handler, so what a route lets escape is classified here
+    (`outages.is_infrastructure_error`, which follows causes and exception groups); anything
+    else goes on to the 500 handler. Not once the answer has started: then the connection is
+    cut, as for any failure mid-answer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except Exception as exc:
+            if started or not is_infrastructure_error(exc):
+                raise
+            log.warning(
+                "dependency unavailable",
+                extra={"error": type(exc).__name__, "path": scope.get("path")},
+            )
+            await unavailable()(scope, receive, send)
+
+
 async def _unexpected(_: Request, exc: Exception) -> Response:
-    # An outage is the client's cue to retry; anything else is our bug. Neither says more.
+    # Outages are answered by OutageMiddleware before they get here; this is our bug. The
+    # answer says no more than that.
     if is_infrastructure_error(exc):
-        log.warning("dependency unavailable", extra={"error": type(exc).__name__})
-        return problem(
-            503, "temporarily unavailable; try again shortly", headers={"Retry-After": "5"}
-        )
+        return unavailable()
     log.error("unhandled error", exc_info=exc)
     return problem(500, "an unexpected error occurred")
+
+
+class Refusal(Exception):
+    """A request the rules refuse (a service's domain raises subclasses of it). Its message is
+    safe to show: no secret, nothing of another organisation. Each service's api maps its
+    refusals to HTTP statuses (`refusals(...)`): the domain knows nothing of HTTP."""
+
+    headers: dict[str, str] | None = None
+
+
+def refusals(statuses: dict[type[Refusal], int]) -> Any:
+    """An exception handler answering each Refusal with the status of its class (the most
+    specific listed), as an RFC 9457 problem."""
+
+    async def answer(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, Refusal)
+        status = next((s for cls, s in statuses.items() if isinstance(exc, cls)), 400)
+        return problem(status, str(exc) or None, headers=exc.headers)
+
+    return answer
 
 
 # ------------------------------------------------------------------------------ the document
@@ -337,6 +401,7 @@ def fastapi_app(
     for router in routers:
         app.include_router(router, responses=_UNAVAILABLE_DOC)
     _serve_the_document(app)
+    app.add_middleware(OutageMiddleware)
     app.add_middleware(MetricsMiddleware, service=runtime.name)
     runtime.app = app
     return app
@@ -346,7 +411,10 @@ def starlette_app(runtime: ServiceRuntime, routes: Sequence[BaseRoute] = ()) -> 
     app = Starlette(
         routes=[*ops_routes(runtime.readiness), *routes],
         lifespan=lifespan_for(runtime),
-        middleware=[Middleware(MetricsMiddleware, service=runtime.name)],
+        middleware=[
+            Middleware(MetricsMiddleware, service=runtime.name),
+            Middleware(OutageMiddleware),
+        ],
         exception_handlers={StarletteHTTPException: _http_exception, Exception: _unexpected},
     )
     runtime.app = app

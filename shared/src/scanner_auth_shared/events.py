@@ -33,6 +33,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def rfc3339(moment: datetime) -> str:
+    """An aware `moment` as every answer and event writes times: RFC 3339 in UTC with
+    microseconds and `Z`, e.g. `2026-01-02T03:04:05.123456Z`."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 class PoisonMessage(Exception):
     """A message that will never be processable, however often it is retried."""
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -107,6 +107,32 @@ class MetricsMiddleware:
                 )
             series[0].inc()
             series[1].observe(time.perf_counter() - started)
+
+
+async def read_limited(receive: Receive, limit: int) -> bytes | None:
+    """The request body, read from the ASGI messages, or None as soon as it is larger than
+    `limit` bytes (the rest is never read: the caller answers 413 and closes). Raises
+    starlette's ClientDisconnect when the client leaves mid-body. Check the declared
+    Content-Length against `limit` first: it costs nothing."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def declared_too_large(content_length: str | None, limit: int) -> bool:
+    """A Content-Length header that already says the body is larger than `limit`."""
+    return content_length is not None and content_length.isdigit() and int(content_length) > limit
 
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

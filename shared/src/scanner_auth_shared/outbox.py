@@ -17,21 +17,21 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import random
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import asyncpg
 from sqlalchemy import text
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from . import metrics
 from .db import run_sql
 from .events import CloudEvent
+from .listen import Listener
 from .messaging import default_partition, kafka_headers, record_headers
+from .outages import is_infrastructure_error
+from .postgres import Connection, Database
 
 log = logging.getLogger("scanner_auth.outbox")
 
@@ -109,11 +109,16 @@ async def first_time(session: AsyncSession, consumer: str, event_id: str) -> boo
 # (topic, key, payload, headers) -> a future that resolves when the broker acknowledged
 Send = Callable[[str, bytes | None, bytes, dict[str, str]], Awaitable[asyncio.Future[Any]]]
 
+_BATCH = "SELECT id, topic, key, payload, event_type FROM outbox ORDER BY id LIMIT $1"
+_DELETE = "DELETE FROM outbox WHERE id = ANY($1::bigint[])"
+
 
 class OutboxRelay:
+    """Publishes a service's committed outbox rows, oldest first; one replica at a time."""
+
     def __init__(
         self,
-        dsn: str,
+        database: Database,
         send: Send,
         *,
         service: str,
@@ -124,7 +129,7 @@ class OutboxRelay:
         """`producer`, when given, returns the started aiokafka producer (or None): the relay
         then hands Kafka whole record batches (`send_batch`) instead of calling `send` once per
         row: about three times the events per second (bench/README.md)."""
-        self.dsn = dsn
+        self.database = database
         self.send = send
         self.producer = producer
         self.service = service
@@ -133,75 +138,67 @@ class OutboxRelay:
         self.lock_key = zlib.crc32(f"scanner-auth-outbox:{service}".encode())
         self.active = False  # holds the lock and is publishing
         self.healthy = True  # false while it cannot reach the database or the broker
-        self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        self.listener = Listener(
+            database, {NOTIFY_CHANNEL: self._on_notify}, name=f"{service}-outbox-relay"
+        )
 
     async def run(self) -> None:
-        backoff = 0.2
-        while not self._stopping.is_set():
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await asyncpg.connect(self.dsn, timeout=10)
-                await self._become_active(conn)
-                if self._stopping.is_set():
-                    break
-                await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
-                self.active = True
-                log.info("outbox relay active", extra={"relay": self.service})
-                await self._pump(conn)
-                backoff = 0.2
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.healthy = False
-                log.warning(
-                    "outbox relay interrupted, retrying",
-                    extra={
-                        "relay": self.service,
-                        "error": type(exc).__name__,
-                        "detail": str(exc)[:300],
-                    },
-                )
-                await self._sleep(backoff * (1 + random.random() / 2))
-                backoff = min(backoff * 2, 10.0)
-            finally:
-                self.active = False
-                if conn is not None and not conn.is_closed():
-                    await conn.close(timeout=2)
+        try:
+            await self.listener.run(self._session)
+        finally:
+            self.active = False
 
     async def stop(self, *, drain_timeout: float = 5.0) -> None:
-        """Stop after publishing what is committed now (bounded by `drain_timeout`)."""
+        """Stop after publishing what is committed now (the runtime bounds the wait)."""
         self._stopping.set()
-        self._wake.set()
+        self.listener.wake()
 
-    async def _become_active(self, conn: asyncpg.Connection) -> None:
-        while not self._stopping.is_set():
-            if await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.lock_key):
-                self.healthy = True
-                return
-            self.healthy = True  # a standby is healthy
-            await self._sleep(self.poll_interval)
-
-    async def _pump(self, conn: asyncpg.Connection) -> None:
-        while True:
-            self._wake.clear()
-            published = await self.drain_once(conn)
+    async def _session(self, conn: Connection) -> None:
+        """On the listener's connection: become the active relay, then pump until stopped."""
+        try:
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", self.lock_key):
+                self.healthy = True  # a standby is healthy
+                if self._stopping.is_set():
+                    return
+                await self.listener.idle(self.poll_interval)
+            self.active = True
             self.healthy = True
-            if self._stopping.is_set() and published == 0:
-                return
-            if published >= self.batch_size:
-                continue
-            if self._stopping.is_set():
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval)
+            log.info("outbox relay active", extra={"relay": self.service})
+            while True:
+                published = await self._drain(conn)
+                if self._stopping.is_set() and published == 0:
+                    return
+                if published >= self.batch_size or self._stopping.is_set():
+                    continue
+                await self.listener.idle(self.poll_interval)
+        except Exception:
+            self.healthy = False
+            raise
+        finally:
+            self.active = False
 
-    async def drain_once(self, conn: asyncpg.Connection) -> int:
+    async def _drain(self, conn: Connection) -> int:
+        try:
+            published = await self.drain_once(conn)
+        except Exception as exc:
+            if not is_infrastructure_error(exc):
+                raise
+            # The broker is unreachable (or the database went away): the same rows again, from
+            # the oldest, after a pause; a dead database connection fails the next statement.
+            self.healthy = False
+            log.warning(
+                "outbox relay could not publish; retrying",
+                extra={"relay": self.service, "error": type(exc).__name__},
+            )
+            await self.listener.idle(min(self.poll_interval, 1.0))
+            return 0
+        self.healthy = True
+        return published
+
+    async def drain_once(self, conn: Connection) -> int:
         """Publish the oldest batch of committed rows; delete them once acknowledged."""
-        rows: Sequence[asyncpg.Record] = await conn.fetch(
-            "SELECT id, topic, key, payload, event_type FROM outbox ORDER BY id LIMIT $1",
-            self.batch_size,
-        )
+        rows: Sequence[Any] = await conn.fetch(_BATCH, self.batch_size)
         metrics.OUTBOX_PENDING.labels(self.service).set(len(rows))
         if not rows:
             return 0
@@ -215,21 +212,15 @@ class OutboxRelay:
                 headers = kafka_headers(row["event_type"])
                 futures.append(await self.send(row["topic"], key, bytes(row["payload"]), headers))
             await asyncio.gather(*futures)
-        await conn.execute(
-            "DELETE FROM outbox WHERE id = ANY($1::bigint[])", [r["id"] for r in rows]
-        )
+        await conn.execute(_DELETE, [r["id"] for r in rows])
         metrics.OUTBOX_PUBLISHED.labels(self.service).inc(len(rows))
         return len(rows)
 
-    def _on_notify(self, *_: object) -> None:
-        self._wake.set()
-
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+    def _on_notify(self, _payload: str) -> None:
+        """A commit wrote outbox rows (the trigger's NOTIFY): `idle` wakes."""
 
 
-async def _send_batches(producer: Any, rows: Sequence[asyncpg.Record]) -> list[Any]:
+async def _send_batches(producer: Any, rows: Sequence[Any]) -> list[Any]:
     """Hand `rows` to Kafka as record batches, one per topic partition at a time, in id order
     within each partition; the futures of their acknowledgements.
 

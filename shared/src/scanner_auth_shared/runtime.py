@@ -23,10 +23,12 @@ from typing import Any
 from faststream.kafka import KafkaBroker
 from starlette.types import ASGIApp
 
-from .db import Database, asyncpg_dsn
+from . import db as legacy_db
 from .messaging import aiokafka_producer, start_broker
 from .migrations import upgrade
 from .outbox import OutboxRelay
+from .postgres import Database
+from .retry import every, keep_running
 from .settings import DatabaseSettings, ServiceSettings
 
 log = logging.getLogger("scanner_auth.runtime")
@@ -40,7 +42,7 @@ class ServiceRuntime:
     name: str
     settings: ServiceSettings
     broker: KafkaBroker
-    database: Database | None = None
+    database: Database | legacy_db.Database | None = None
     migrations: Path | None = None
     relay: OutboxRelay | None = None
     background: dict[str, BackgroundTask] = field(default_factory=dict)
@@ -53,13 +55,35 @@ class ServiceRuntime:
 
     # -------------------------------------------------------------------- wiring helpers
 
-    def use_database(self, migrations: Path) -> Database:
+    def use_database(self, migrations: Path) -> legacy_db.Database:
+        """The SQLAlchemy session database (services not yet moved to `use_postgres`)."""
         assert isinstance(self.settings, DatabaseSettings)
-        self.database = Database(
+        database = legacy_db.Database(
             self.settings.database_url, pool_size=self.settings.database_pool_size
         )
+        self.database = database
         self.migrations = migrations
-        return self.database
+        return database
+
+    def use_postgres(self, migrations: Path) -> Database:
+        """The service's database (an asyncpg pool), migrated at start unless
+        MIGRATE_ON_START=false."""
+        assert isinstance(self.settings, DatabaseSettings)
+        database = Database(
+            self.settings.database_url,
+            pool_size=self.settings.database_pool_size,
+            application_name=self.name,
+            statement_cache_size=self.settings.database_statement_cache_size,
+        )
+        self.database = database
+        self.migrations = migrations
+        return database
+
+    def periodically(
+        self, name: str, seconds: float, work: Callable[[], Awaitable[object]]
+    ) -> None:
+        """A background task that runs `work` every `seconds` (a failed round is logged)."""
+        self.background[name] = lambda: every(seconds, name, work)
 
     def use_outbox_relay(self) -> OutboxRelay:
         assert isinstance(self.settings, DatabaseSettings)
@@ -72,7 +96,11 @@ class ServiceRuntime:
             )
 
         self.relay = OutboxRelay(
-            asyncpg_dsn(self.settings.database_url),
+            Database(
+                self.settings.database_url,
+                pool_size=1,
+                application_name=f"{self.name}-outbox-relay",
+            ),
             send,
             service=self.name,
             poll_interval=self.settings.outbox_poll_interval_seconds,
@@ -93,7 +121,9 @@ class ServiceRuntime:
         if self.database is not None:
             if self.settings.migrate_on_start:
                 await self.migrate()
-            self.database.connect()
+            connecting = self.database.connect()
+            if connecting is not None:  # the asyncpg pool connects asynchronously
+                await connecting
         for hook in self.on_start:
             await hook()
         await start_broker(self.broker, self.settings.kafka_idempotence)
@@ -105,19 +135,10 @@ class ServiceRuntime:
         log.info("service started", extra={"service": self.name})
 
     def _spawn(self, name: str, run: BackgroundTask) -> None:
-        async def guarded() -> None:
-            # A background loop that dies is restarted: it must never leave the service half alive.
-            while True:
-                try:
-                    await run()
-                    return
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("background task failed; restarting", extra={"task": name})
-                    await asyncio.sleep(1.0)
-
-        self._tasks[name] = asyncio.create_task(guarded(), name=f"{self.name}:{name}")
+        # A background loop that dies is restarted: it must never leave the service half alive.
+        self._tasks[name] = asyncio.create_task(
+            keep_running(f"background task {name}", run), name=f"{self.name}:{name}"
+        )
 
     async def stop(self) -> None:
         if not self.started:

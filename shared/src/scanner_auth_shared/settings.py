@@ -117,6 +117,9 @@ class ServiceSettings(BaseSettings):
     # (a database outage, say) before it stops retrying in place and parks it in the DLQ.
     # Infrastructure errors are retried without limit: an outage must not empty the topic.
     consumer_max_attempts: int = Field(5, ge=1)
+    # Events a consumer takes from Kafka at once and applies in one transaction, with one
+    # offset commit (scanner_auth_shared.consumer).
+    consumer_batch_size: int = Field(500, ge=1, le=10_000)
     outbox_poll_interval_seconds: float = Field(1.0, gt=0)
     shutdown_grace_seconds: float = Field(20.0, ge=0)
 
@@ -127,6 +130,8 @@ class DatabaseSettings(ServiceSettings):
         description="postgresql+asyncpg://user[:password]@host:port/database",
     )
     database_pool_size: int = Field(10, ge=1)
+    # Prepared statements kept per connection; 0 behind a transaction-mode PgBouncer.
+    database_statement_cache_size: int = Field(256, ge=0)
 
 
 S = TypeVar("S", bound=BaseSettings)

@@ -44,18 +44,30 @@ async def publish_events(
     return events
 
 
-async def topic_partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    """The partitions of `topic` (empty if it does not exist), asking the broker again if the
-    started consumer's metadata does not know the topic yet."""
-    partitions = consumer.partitions_for_topic(topic)
-    if not partitions:
+async def topic_partitions(
+    consumer: AIOKafkaConsumer, topic: str, timeout: float = 15.0
+) -> set[int]:
+    """The partitions of `topic` (empty if it does not exist), asking the broker again while
+    the started consumer's metadata does not know it, or knows no broker (a broker that is
+    recovering from a pause answers metadata without brokers for a moment)."""
+    deadline = time.monotonic() + timeout
+    for attempt in range(100):
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions:
+            return set(partitions)
+        knows_brokers = bool(consumer._client.cluster.brokers())
+        if (attempt >= 2 and knows_brokers) or time.monotonic() > deadline:
+            return set()
         await consumer._client.force_metadata_update()
-        partitions = consumer.partitions_for_topic(topic) or set()
-    return set(partitions)
+        if attempt:
+            await asyncio.sleep(0.2)
+    return set()
 
 
-async def read_topic(bootstrap: str, topic: str, timeout: float = 5.0) -> list[Any]:
-    """Every record now on `topic` (aiokafka ConsumerRecord), from the start of each partition."""
+async def read_topic(bootstrap: str, topic: str, timeout: float = 15.0) -> list[Any]:
+    """Every record now on `topic` (aiokafka ConsumerRecord), from the start of each partition
+    to its end offset at the time of the call. TimeoutError rather than a partial answer when
+    the records cannot all be fetched within `timeout` (a broker that is still recovering)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
     )
@@ -65,7 +77,8 @@ async def read_topic(bootstrap: str, topic: str, timeout: float = 5.0) -> list[A
         if not tps:
             return []
         ends = await consumer.end_offsets(tps)
-        wanted = {tp: end for tp, end in ends.items() if end > 0}
+        starts = await consumer.beginning_offsets(tps)  # past records deleted (truncation)
+        wanted = {tp: end for tp, end in ends.items() if end > starts.get(tp, 0)}
         if not wanted:
             return []
         consumer.assign(list(wanted))
@@ -73,10 +86,15 @@ async def read_topic(bootstrap: str, topic: str, timeout: float = 5.0) -> list[A
         out: list[Any] = []
         deadline = time.monotonic() + timeout
         done: set[TopicPartition] = set()
-        while len(done) < len(wanted) and time.monotonic() < deadline:
+        while len(done) < len(wanted):
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"read {len(out)} records of {topic}; {len(wanted) - len(done)} of "
+                    f"{len(wanted)} partitions not read to their end within {timeout}s"
+                )
             batch = await consumer.getmany(timeout_ms=200)
             for tp, records in batch.items():
-                out.extend(records)
+                out.extend(r for r in records if r.offset < wanted[tp])
                 if records and records[-1].offset + 1 >= wanted[tp]:
                     done.add(tp)
         return sorted(out, key=lambda r: (r.partition, r.offset))
@@ -102,7 +120,11 @@ async def wait_for_events(
     deadline = time.monotonic() + timeout
     found: list[CloudEvent] = []
     while time.monotonic() < deadline:
-        found = [e for e in await events_on(bootstrap, topic, type_) if match is None or match(e)]
+        try:
+            on_topic = await events_on(bootstrap, topic, type_)
+        except TimeoutError:
+            on_topic = []  # the broker is still recovering: look again
+        found = [e for e in on_topic if match is None or match(e)]
         if len(found) >= count:
             return found
         await asyncio.sleep(0.2)
