@@ -6,6 +6,11 @@ MIGRATE_ON_START=false, answers its probes and one request of its kind, and ends
 SIGTERM (`podman stop`) within the grace period. The four together carry the whole journey:
 directory events, an admin's code, the code emailed, redeemed by the scanner, a scan accepted.
 
+Each container gets what deploy/k8s gives the pod: uid/gid 10001, a read-only root filesystem
+with /tmp the only writable path, no capabilities, no privilege escalation, and the CPU and
+memory limits of the prod overlay (an init container's for `migrate`): a service that needs
+more memory than its limit is killed here as it would be there.
+
 The containers share the host's network (`--network host`) to reach the test PostgreSQL, broker
 and SMTP sink of the repository's fixtures on the loopback interface.
 """
@@ -13,6 +18,7 @@ and SMTP sink of the repository's fixtures on the loopback interface.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import shutil
@@ -27,6 +33,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from scanner_auth.demo import DemoDirectory
@@ -49,6 +56,11 @@ STOP_GRACE_SECONDS = 30
 # A start on a loaded 2-core machine: Python's imports, migrations, the group joins.
 START_TIMEOUT = 180
 TIMINGS = PODMAN_STATE / "run-timings.json"
+# As the pod's securityContext and volumes have it (tests/deploy/test_manifests.py checks those).
+LOCKED_DOWN = (
+    "--read-only", "--read-only-tmpfs=false", "--tmpfs=/tmp", "--user", RUN_AS,
+    "--cap-drop=ALL", "--security-opt=no-new-privileges", "--pull=never",
+)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------ podman
@@ -86,12 +98,48 @@ def image() -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
-def _record(name: str, seconds: float) -> None:
-    """Start and stop times, kept for deploy/README.md's figures (not asserted)."""
+def _record(name: str, value: float | str) -> None:
+    """Start and stop times, memory, kept for deploy/README.md's figures (not asserted)."""
     TIMINGS.parent.mkdir(parents=True, exist_ok=True)
     found = json.loads(TIMINGS.read_text()) if TIMINGS.exists() else {}
-    found[name] = round(seconds, 2)
+    found[name] = round(value, 2) if isinstance(value, float) else value
     TIMINGS.write_text(json.dumps(found, indent=2, sort_keys=True))
+
+
+def _kubectl() -> str:
+    found = shutil.which("kubectl") or (
+        "/usr/bin/kubectl" if Path("/usr/bin/kubectl").exists() else None
+    )
+    if found is None:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(
+            "no kubectl: cannot render deploy/k8s for the containers' resource limits"
+        )
+    return str(found)
+
+
+@functools.cache
+def _limits() -> dict[tuple[str, str], tuple[str, str]]:
+    """(service, serve|migrate) -> podman's --memory and --cpus, from the prod overlay's limits
+    (the service's container, and its init container for migrate)."""
+    rendered = subprocess.run(
+        [_kubectl(), "kustomize", str(ROOT / "deploy" / "k8s" / "overlays" / "prod")],
+        capture_output=True, text=True, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    limits = {}
+    for doc in yaml.safe_load_all(rendered):
+        if not doc or doc["kind"] != "Deployment":
+            continue
+        pod = doc["spec"]["template"]["spec"]
+        for command, container in (
+            ("serve", pod["containers"][0]),
+            ("migrate", pod["initContainers"][0]),
+        ):
+            memory = str(container["resources"]["limits"]["memory"])
+            cpu = str(container["resources"]["limits"]["cpu"])
+            memory = memory.replace("Mi", "m").replace("Gi", "g")  # podman: binary units
+            cpus = str(int(cpu[:-1]) / 1000) if cpu.endswith("m") else cpu
+            limits[(doc["metadata"]["name"], command)] = (memory, cpus)
+    return limits
 
 
 @dataclass
@@ -120,12 +168,20 @@ class ContainerService(ServiceProcess):
         )
 
     def argv(self) -> list[str]:
+        memory, cpus = _limits()[(self.name, self.command)]
         return [
-            "podman", "run", "--rm", "--name", self.container,
-            "--network", "host", "--read-only", "--user", RUN_AS,
+            "podman", "run", "--rm", "--name", self.container, "--network", "host",
+            *LOCKED_DOWN, f"--memory={memory}", f"--cpus={cpus}",
             *(f"--env={name}" for name in self.variables),
             self.image, self.command, self.name,
         ]  # fmt: skip
+
+    def memory(self) -> str:
+        """What the container uses now (podman stats), e.g. "112.4MB"."""
+        stats = json.loads(
+            podman("stats", "--no-stream", "--format", "json", self.container).stdout
+        )
+        return str(stats[0]["mem_usage"]).split(" / ")[0]
 
     def run(self, timeout: float = START_TIMEOUT) -> int:
         """Start and wait for the end (`migrate`): its exit code."""
@@ -239,8 +295,8 @@ def test_the_image_runs_as_the_manifests_expect(image: str) -> None:
         "print('sources', os.path.exists('/src'))\n"
     )
     done = podman(
-        "run", "--rm", "--read-only", "--user", RUN_AS, "--network", "none",
-        "--entrypoint", "python", image, "-c", probe,
+        "run", "--rm", *LOCKED_DOWN, "--network", "none", "--entrypoint", "python", image,
+        "-c", probe,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:5] == [
@@ -250,14 +306,14 @@ def test_the_image_runs_as_the_manifests_expect(image: str) -> None:
         "pip False uv None",
         "sources False",
     ], done.stdout
-    done = podman("run", "--rm", "--read-only", "--user", RUN_AS, "--network", "none", image)
+    done = podman("run", "--rm", *LOCKED_DOWN, "--network", "none", image)
     assert done.returncode == 0 and "serve SERVICE" in done.stdout, done.stdout + done.stderr
 
 
 def test_the_image_refuses_to_start_without_database_url(image: str) -> None:
     """The bug this image found: no DATABASE_URL fell back to a default address."""
     done = podman(
-        "run", "--rm", "--read-only", "--user", RUN_AS, "--network", "none",
+        "run", "--rm", *LOCKED_DOWN, "--network", "none",
         "--env", "KAFKA_BOOTSTRAP_SERVERS=kafka.invalid:9092", image, "serve", "scan-ingest",
     )  # fmt: skip
     assert done.returncode == 2, done.stdout + done.stderr
@@ -401,6 +457,8 @@ def test_the_journey_across_the_four_containers(
         )
     )
 
+    for name, container in services.items():
+        _record(f"{name} memory after the journey", container.memory())
     for name, container in services.items():
         exit_code, took = _stop(container)
         _record(f"{name} stop after the journey", took)
