@@ -134,7 +134,9 @@ def test_kafka_security_from_the_environment():
 
     assert kafka_security(ServiceSettings(kafka_bootstrap_servers=BROKER)) is None
     with pytest.raises(ConfigurationError, match="KAFKA_SASL_USERNAME"):
-        kafka_security(ServiceSettings(kafka_bootstrap_servers=BROKER, kafka_security_protocol="SASL_SSL"))
+        kafka_security(
+            ServiceSettings(kafka_bootstrap_servers=BROKER, kafka_security_protocol="SASL_SSL")
+        )
     sasl = kafka_security(
         ServiceSettings(
             kafka_bootstrap_servers=BROKER,
@@ -144,5 +146,7 @@ def test_kafka_security_from_the_environment():
         )
     )
     assert isinstance(sasl, SASLScram512) and sasl.use_ssl
-    tls = kafka_security(ServiceSettings(kafka_bootstrap_servers=BROKER, kafka_security_protocol="SSL"))
+    tls = kafka_security(
+        ServiceSettings(kafka_bootstrap_servers=BROKER, kafka_security_protocol="SSL")
+    )
     assert tls is not None and tls.use_ssl and tls.ssl_context is not None
