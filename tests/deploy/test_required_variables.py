@@ -24,7 +24,7 @@ from scanner_auth.services import SERVICES
 from scanner_auth_shared.settings import ConfigurationError, load_settings
 from scanner_auth_shared.testing.identity import TestIdentity
 
-pytestmark = pytest.mark.unit
+# The table's checks are unit tests; the refusals start real processes (integration).
 
 COMMON = ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS")  # every service here keeps state
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -74,6 +74,7 @@ def _process_environment(service_env: dict[str, str]) -> dict[str, str]:
     return {**keep, **service_env, "LOG_LEVEL": "INFO"}
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("service", sorted(SERVICES))
 def test_the_table_is_what_each_service_requires(service: str) -> None:
     fields = SERVICES[service].settings_class().model_fields
@@ -84,6 +85,7 @@ def test_the_table_is_what_each_service_requires(service: str) -> None:
     assert listed - required <= alternatives, f"{service} does not require {listed - required}"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("service", sorted(SERVICES))
 def test_the_complete_environment_is_accepted(
     service: str, monkeypatch: pytest.MonkeyPatch
@@ -132,6 +134,7 @@ def refusals() -> dict[tuple[str, str], Refusal]:
         return {case: future.result() for case, future in futures.items()}
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(("service", "variable"), CASES, ids=[f"{s}-{v}" for s, v in CASES])
 def test_serve_refuses_to_start_without_a_required_variable(
     refusals: dict[tuple[str, str], Refusal], service: str, variable: str
