@@ -19,11 +19,12 @@ JAVA := $(shell command -v java 2>/dev/null)
 MVN := $(shell command -v mvn 2>/dev/null)
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: run test test-faults install kafka java lint typecheck unit integration e2e acceptance contracts bench bench-quick clean help
+.PHONY: run test test-faults install kafka java image lint typecheck unit integration e2e acceptance contracts bench bench-quick clean help
 
 help:
 	@echo "make run    start the whole system with embedded infrastructure (scanner-auth dev)"
 	@echo "make test   lint, type-check and run every test against real PostgreSQL, Kafka-protocol broker and SMTP"
+	@echo "make image  build deploy/Dockerfile with podman (deploy/build-local), unless built for these sources"
 	@echo "make test-faults   only the fault, fuzzing and security suites (make test runs them too)"
 	@echo "make bench  every benchmark figure against its floor, 3 runs, medians (bench/README.md)"
 	@echo "make bench-quick   one run of each benchmark figure"
@@ -54,6 +55,12 @@ java:
 kafka: install java
 	$(UV) run --frozen python -m scanner_auth_shared.kafka_broker
 
+# The image of deploy/Dockerfile for the current sources, for tests/deploy/test_image.py: built
+# with podman (no Docker), which deploy/build-local installs with Debian's buildah, runc and
+# mmdebstrap when missing. Under a second when the image for this content exists.
+image:
+	deploy/build-local
+
 run: install
 	$(UV) run --frozen scanner-auth dev
 
@@ -73,7 +80,7 @@ integration: install kafka
 e2e: install kafka
 	$(UV) run --frozen pytest -m e2e
 
-test: install kafka $(CHROMIUM) $(WRK) lint typecheck
+test: install kafka $(CHROMIUM) $(WRK) image lint typecheck
 	$(UV) run --frozen pytest
 	@if [[ -x $(ACCEPTANCE) ]]; then $(ACCEPTANCE); else echo "acceptance checks not found at $(ACCEPTANCE): skipped"; fi
 

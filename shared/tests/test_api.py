@@ -32,7 +32,7 @@ def _app() -> FastAPI:
     async def email(thing_id: str, body: Email) -> dict[str, str]:
         return {"thing_id": thing_id, "to": body.recipient_user_id}
 
-    settings = ServiceSettings()
+    settings = ServiceSettings(kafka_bootstrap_servers="127.0.0.1:9092")  # never reached
     runtime = ServiceRuntime(name="t", settings=settings, broker=create_broker(settings, "t"))
     return fastapi_app(runtime, title="t", routers=[router])
 

@@ -111,7 +111,7 @@ async def test_an_outage_answers_503_and_a_bug_500_and_neither_says_more():
     async def bug(_):  # type: ignore[no-untyped-def]
         raise RuntimeError("secret detail sac1_abcdefghijklmnop")
 
-    settings = ServiceSettings()
+    settings = ServiceSettings(kafka_bootstrap_servers="127.0.0.1:9092")  # never reached
     runtime = ServiceRuntime(name="t", settings=settings, broker=create_broker(settings, "t"))
     app = starlette_app(runtime, [Route("/outage", outage), Route("/bug", bug)])
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)

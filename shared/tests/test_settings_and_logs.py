@@ -34,6 +34,8 @@ def _key() -> str:
 
 
 def test_good_secrets_are_accepted(monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://svc@db.invalid:5432/svc")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka.invalid:9092")
     monkeypatch.setenv("TOKEN_PEPPER", secrets.token_urlsafe(40))
     monkeypatch.setenv("SEALING_KEY", _key())
     settings = load_settings(Example)
@@ -128,16 +130,23 @@ def test_kafka_security_from_the_environment():
     from scanner_auth_shared.messaging import kafka_security
     from scanner_auth_shared.settings import ServiceSettings
 
-    assert kafka_security(ServiceSettings()) is None
+    BROKER = "broker.invalid:9092"  # never reached
+
+    assert kafka_security(ServiceSettings(kafka_bootstrap_servers=BROKER)) is None
     with pytest.raises(ConfigurationError, match="KAFKA_SASL_USERNAME"):
-        kafka_security(ServiceSettings(kafka_security_protocol="SASL_SSL"))
+        kafka_security(
+            ServiceSettings(kafka_bootstrap_servers=BROKER, kafka_security_protocol="SASL_SSL")
+        )
     sasl = kafka_security(
         ServiceSettings(
+            kafka_bootstrap_servers=BROKER,
             kafka_security_protocol="SASL_SSL",
             kafka_sasl_username="svc",
             kafka_sasl_password="pw-from-a-secret",
         )
     )
     assert isinstance(sasl, SASLScram512) and sasl.use_ssl
-    tls = kafka_security(ServiceSettings(kafka_security_protocol="SSL"))
+    tls = kafka_security(
+        ServiceSettings(kafka_bootstrap_servers=BROKER, kafka_security_protocol="SSL")
+    )
     assert tls is not None and tls.use_ssl and tls.ssl_context is not None

@@ -49,10 +49,14 @@ class ServiceProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def argv(self) -> list[str]:
+        """The command that runs the service (tests/deploy runs it from the image instead)."""
+        return [sys.executable, "-m", "scanner_auth", "serve", self.name]
+
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "scanner_auth", "serve", self.name],
+            self.argv(),
             env={**os.environ, **self.env},
             stdout=open(self.log_path, "ab"),
             stderr=subprocess.STDOUT,
@@ -80,6 +84,39 @@ class ServiceProcess:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
             return self.proc.wait(10)
+
+
+def shared_environment(
+    *,
+    bootstrap: str,
+    smtp_port: int,
+    identity: TestIdentity,
+    pepper: str,
+    sealing_key: str,
+    code_key: str,
+) -> dict[str, str]:
+    """What the four services of a stack on this machine share (each reads what it needs);
+    HTTP_PORT and DATABASE_URL are each service's own."""
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "HTTP_HOST": "127.0.0.1",
+        "AUTH_PUBLIC_KEY_PEM": identity.public_pem,
+        "AUTH_ISSUER": identity.issuer,
+        "AUTH_AUDIENCE": identity.audience,
+        "TOKEN_PEPPER": pepper,
+        "SEALING_KEY": sealing_key,
+        "CODE_ENCRYPTION_KEY": code_key,
+        "SMTP_HOST": "127.0.0.1",
+        "SMTP_PORT": str(smtp_port),
+        "SMTP_TLS": "none",
+        "SMTP_FROM": "MyScanner <no-reply@myscanner.test>",
+        "TRUSTED_PROXIES": "127.0.0.1/32",
+        # Short sessions: a replica that dies leaves its group in 3 s (the test brokers allow
+        # sessions down to 1 s: group.min.session.timeout.ms).
+        "KAFKA_SESSION_TIMEOUT_MS": "3000",
+        "KAFKA_HEARTBEAT_INTERVAL_MS": "500",
+        "SHUTDOWN_GRACE_SECONDS": "10",
+    }
 
 
 @dataclass
@@ -115,25 +152,14 @@ class Stack:
 
     def service_env(self) -> dict[str, dict[str, str]]:
         assert self.postgres and self.broker and self.mail
-        shared = {
-            "KAFKA_BOOTSTRAP_SERVERS": self.broker.bootstrap,
-            "HTTP_HOST": "127.0.0.1",
-            "AUTH_PUBLIC_KEY_PEM": self.identity.public_pem,
-            "AUTH_ISSUER": self.identity.issuer,
-            "AUTH_AUDIENCE": self.identity.audience,
-            "TOKEN_PEPPER": secrets.token_urlsafe(48),
-            "SEALING_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
-            "CODE_ENCRYPTION_KEY": base64.b64encode(secrets.token_bytes(32)).decode(),
-            "SMTP_HOST": "127.0.0.1",
-            "SMTP_PORT": str(self.mail.port),
-            "SMTP_TLS": "none",
-            "SMTP_FROM": "MyScanner <no-reply@myscanner.test>",
-            "TRUSTED_PROXIES": "127.0.0.1/32",
-            # Short group joins on the embedded broker.
-            "KAFKA_SESSION_TIMEOUT_MS": "3000",
-            "KAFKA_HEARTBEAT_INTERVAL_MS": "500",
-            "SHUTDOWN_GRACE_SECONDS": "10",
-        }
+        shared = shared_environment(
+            bootstrap=self.broker.bootstrap,
+            smtp_port=self.mail.port,
+            identity=self.identity,
+            pepper=secrets.token_urlsafe(48),
+            sealing_key=base64.b64encode(secrets.token_bytes(32)).decode(),
+            code_key=base64.b64encode(secrets.token_bytes(32)).decode(),
+        )
         if self.kafka == "tansu":
             # Tansu hands out no producer ids: say so rather than have every service probe.
             shared["KAFKA_IDEMPOTENCE"] = "off"
@@ -254,6 +280,26 @@ class System:
     def device(self, service: str, credential: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {credential}"} if credential else {}
         return httpx.Client(base_url=self.url(service), timeout=15, headers=headers)
+
+    def generate_token(self, scanner_id: str, as_user: str = "ADMIN_JWT") -> dict[str, Any]:
+        """A new authorisation token (201) with its code, as an admin generates it."""
+        with self.as_user(as_user) as admin:
+            r = admin.post(f"/v1/scanners/{scanner_id}/authorisation-token")
+            if r.status_code != 201:
+                raise AssertionError(f"generate: {r.status_code} {r.text}")
+            return dict(r.json())
+
+    def redeem(self, code: str, serial_number: str) -> httpx.Response:
+        """The scanner redeems the code a person typed in."""
+        with self.device("redeemer") as device:
+            return device.post(
+                "/v1/authorisations", json={"code": code, "serial_number": serial_number}
+            )
+
+    def upload_status(self, credential: str) -> int:
+        """The status scan-ingest answers to a scanner's upload with that credential."""
+        with self.device("scan-ingest", credential) as device:
+            return device.post("/v1/scans", json={"volume_m3": 1.0}).status_code
 
     def logs(self) -> str:
         return "\n".join(

@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
-import httpx
 import pytest
 
 from scanner_auth.devstack import System
@@ -22,23 +20,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 def topic_text(system: System, topic: str) -> str:
     records = asyncio.run(read_topic(system.bootstrap, topic))
     return "\n".join(r.value.decode(errors="replace") for r in records)
-
-
-def upload_status(system: System, credential: str) -> int:
-    with system.device("scan-ingest", credential) as device:
-        return device.post("/v1/scans", json={"volume_m3": 1.0}).status_code
-
-
-def generate(system: System, scanner_id: str) -> dict[str, Any]:
-    with system.as_user("ADMIN_JWT") as admin:
-        r = admin.post(f"/v1/scanners/{scanner_id}/authorisation-token")
-        assert r.status_code == 201, r.text
-        return dict(r.json())
-
-
-def redeem(system: System, code: str, serial: str) -> httpx.Response:
-    with system.device("redeemer") as device:
-        return device.post("/v1/authorisations", json={"code": code, "serial_number": serial})
 
 
 def test_the_journey_of_a_code(system: System) -> None:
@@ -55,7 +36,7 @@ def test_the_journey_of_a_code(system: System) -> None:
             "directory reached the token-issuer",
         )
 
-    token = generate(system, sid)
+    token = system.generate_token(sid)
     code = token["code"]
     secrets_seen += [code, code.replace("-", "")]
 
@@ -80,10 +61,10 @@ def test_the_journey_of_a_code(system: System) -> None:
 
     # a typo is caught before it counts; a wrong serial is refused
     typo = code[:-1] + ("0" if code[-1] != "0" else "1")
-    r = redeem(system, typo, scanner.serial_number)
+    r = system.redeem(typo, scanner.serial_number)
     assert r.status_code == 422 and "typo" in r.text
     bodies.append(r.text)
-    r = redeem(system, code, "LVS-NOT-MINE")
+    r = system.redeem(code, "LVS-NOT-MINE")
     assert r.status_code == 400
     bodies.append(r.text)
 
@@ -92,14 +73,14 @@ def test_the_journey_of_a_code(system: System) -> None:
         assert anon.post("/v1/scans", json={"x": 1}).status_code == 401
 
     # the person at the scanner types it, sloppily
-    r = redeem(system, code.lower().replace("-", " "), scanner.serial_number)
+    r = system.redeem(code.lower().replace("-", " "), scanner.serial_number)
     assert r.status_code == 201, r.text
     credential = r.json()["credential"]
     secrets_seen.append(credential)
-    wait_until(lambda: upload_status(system, credential) == 202, 5, "gate opened")
+    wait_until(lambda: system.upload_status(credential) == 202, 5, "gate opened")
 
     # a code redeems once
-    r = redeem(system, code, scanner.serial_number)
+    r = system.redeem(code, scanner.serial_number)
     assert r.status_code == 400
     bodies.append(r.text)
 
@@ -122,20 +103,20 @@ def test_the_journey_of_a_code(system: System) -> None:
         assert r.status_code == 201, r.text
         rotated = r.json()["credential"]
     secrets_seen.append(rotated)
-    wait_until(lambda: upload_status(system, rotated) == 202, 5, "rotated credential accepted")
-    assert upload_status(system, credential) == 202
+    wait_until(lambda: system.upload_status(rotated) == 202, 5, "rotated credential accepted")
+    assert system.upload_status(credential) == 202
 
     # deauthorised: the gate closes within about a second, for both credentials
     with system.as_user("ADMIN_JWT") as admin:
         assert admin.delete(f"/v1/scanners/{sid}/authorisation").status_code == 204
     started = time.monotonic()
-    wait_until(lambda: upload_status(system, rotated) == 403, 5, "gate closed")
+    wait_until(lambda: system.upload_status(rotated) == 403, 5, "gate closed")
     closed_after = time.monotonic() - started
-    assert upload_status(system, credential) == 403
+    assert system.upload_status(credential) == 403
     assert closed_after < 3.0, closed_after
 
     # re-authorised with a new code: the new credential works, the old ones stay refused
-    second = generate(system, sid)
+    second = system.generate_token(sid)
     secrets_seen += [second["code"], second["code"].replace("-", "")]
     # The redeemer learns of a code from TokenIssued; a person takes longer to type it.
     asyncio.run(
@@ -147,12 +128,12 @@ def test_the_journey_of_a_code(system: System) -> None:
         )
     )
     time.sleep(1.0)
-    r = redeem(system, second["code"], scanner.serial_number)
+    r = system.redeem(second["code"], scanner.serial_number)
     assert r.status_code == 201, r.text
     renewed = r.json()["credential"]
     secrets_seen.append(renewed)
-    wait_until(lambda: upload_status(system, renewed) == 202, 5, "re-authorised")
-    assert upload_status(system, rotated) == 403
+    wait_until(lambda: system.upload_status(renewed) == 202, 5, "re-authorised")
+    assert system.upload_status(rotated) == 403
 
     # every event other services rely on is there, and no secret is anywhere it should not be
     public = topic_text(system, PUBLIC_TOPIC)

@@ -73,6 +73,8 @@ def test_a_malformed_host_origin_stops_start_up_naming_the_variable(
     bad: str, monkeypatch: pytest.MonkeyPatch, test_secrets: Any
 ) -> None:
     identity = TestIdentity()
+    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://ti@db.invalid:5432/token_issuer")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka.invalid:9092")
     monkeypatch.setenv("AUTH_PUBLIC_KEY_PEM", identity.public_pem)
     monkeypatch.setenv("AUTH_ISSUER", identity.issuer)
     monkeypatch.setenv("AUTH_AUDIENCE", identity.audience)

@@ -17,6 +17,9 @@ pytestmark = pytest.mark.unit
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("SEALING_KEY", "SMTP_USERNAME", "SMTP_PASSWORD", "SMTP_TLS", "HTTP_PORT"):
         monkeypatch.delenv(name, raising=False)
+    # Required by every service; placeholders (nothing connects here).
+    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://notifier@db.invalid:5432/notifier")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka.invalid:9092")
 
 
 def _key() -> str:

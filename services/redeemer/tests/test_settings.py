@@ -18,6 +18,9 @@ GOOD = secrets.token_urlsafe(48)
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("TOKEN_PEPPER", "TRUSTED_PROXIES", "HTTP_PORT"):
         monkeypatch.delenv(name, raising=False)
+    # Required by every service; placeholders (nothing connects here).
+    monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://redeemer@db.invalid:5432/redeemer")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka.invalid:9092")
 
 
 @pytest.mark.parametrize("pepper", [None, "too-short-1234567", "changethis",

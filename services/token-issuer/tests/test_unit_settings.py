@@ -14,8 +14,8 @@ from token_issuer.settings import Settings
 
 pytestmark = pytest.mark.unit
 
-VARIABLES = ("DATABASE_URL", "AUTH_JWKS_URL", "AUTH_PUBLIC_KEY_PEM", "AUTH_ISSUER",
-             "AUTH_AUDIENCE", "TOKEN_PEPPER", "SEALING_KEY", "CODE_ENCRYPTION_KEY",
+VARIABLES = ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "AUTH_JWKS_URL", "AUTH_PUBLIC_KEY_PEM",
+             "AUTH_ISSUER", "AUTH_AUDIENCE", "TOKEN_PEPPER", "SEALING_KEY", "CODE_ENCRYPTION_KEY",
              "TOKEN_TTL_SECONDS", "HTTP_PORT")
 
 
@@ -27,6 +27,7 @@ def pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> str:
 def good_env() -> dict[str, str]:
     return {
         "DATABASE_URL": "postgresql+asyncpg://ti@db:5432/token_issuer",
+        "KAFKA_BOOTSTRAP_SERVERS": "kafka:9092",
         "AUTH_PUBLIC_KEY_PEM": pem(ec.generate_private_key(ec.SECP256R1())),
         "AUTH_ISSUER": "https://id.example/",
         "AUTH_AUDIENCE": "scanner-auth",

@@ -11,7 +11,7 @@ import binascii
 import hashlib
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import AfterValidator, Field, SecretStr, ValidationError
+from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Values that appear in documentation, examples and tutorials: never acceptable as secrets.
@@ -94,7 +94,9 @@ class ServiceSettings(BaseSettings):
 
     model_config = SettingsConfigDict(extra="ignore", case_sensitive=False, frozen=True)
 
-    kafka_bootstrap_servers: str = Field("127.0.0.1:9092", description="host:port[,host:port]")
+    # Required, like DATABASE_URL: a default address would only find something by accident
+    # (and a service that starts against the wrong broker is worse than one that refuses).
+    kafka_bootstrap_servers: str = Field(description="host:port[,host:port]")
     http_host: str = "0.0.0.0"
     http_port: int = 8000
     migrate_on_start: bool = True
@@ -123,15 +125,27 @@ class ServiceSettings(BaseSettings):
     outbox_poll_interval_seconds: float = Field(1.0, gt=0)
     shutdown_grace_seconds: float = Field(20.0, ge=0)
 
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _bootstrap_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("is required but empty")
+        return value
+
 
 class DatabaseSettings(ServiceSettings):
-    database_url: str = Field(
-        "postgresql+asyncpg://postgres@127.0.0.1:5432/scanner_auth",
-        description="postgresql+asyncpg://user[:password]@host:port/database",
-    )
+    # No default: a service without its database refuses to start, naming the variable.
+    database_url: str = Field(description="postgresql+asyncpg://user[:password]@host:port/database")
     database_pool_size: int = Field(10, ge=1)
     # Prepared statements kept per connection; 0 behind a transaction-mode PgBouncer.
     database_statement_cache_size: int = Field(256, ge=0)
+
+    @field_validator("database_url")
+    @classmethod
+    def _url_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("is required but empty")
+        return value
 
 
 S = TypeVar("S", bound=BaseSettings)
