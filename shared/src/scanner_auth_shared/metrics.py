@@ -34,3 +34,8 @@ KAFKA_IDEMPOTENT = Gauge(
     "scanner_auth_kafka_idempotent_producer",
     "1 when the service's Kafka producer is idempotent, 0 when the cluster refused producer ids",
 )
+EVENTS_UNVERIFIED = Counter(
+    "scanner_auth_events_unverified_total",
+    "Events refused because their signature did not prove their producer",
+    ["consumer"],
+)

@@ -30,6 +30,7 @@ from .outbox import OutboxRelay
 from .postgres import Database
 from .retry import every, keep_running
 from .settings import DatabaseSettings, ServiceSettings
+from .signing import signer_for
 
 log = logging.getLogger("scanner_auth.runtime")
 
@@ -108,6 +109,7 @@ class ServiceRuntime:
             # three times the events per second of one publish per row, bench/README.md); `send`
             # when the broker holds none.
             producer=lambda: aiokafka_producer(self.broker),
+            signer=signer_for(self.settings, self.name),
         )
         return self.relay
 
