@@ -248,6 +248,11 @@ async def serve(runtime: ServiceRuntime) -> None:
         access_log=False,
         server_header=False,
         timeout_graceful_shutdown=max(1, int(runtime.settings.shutdown_grace_seconds)),
+        # uvicorn would otherwise take X-Forwarded-For from any peer on 127.0.0.1 as the
+        # client (its FORWARDED_ALLOW_IPS default), overriding TRUSTED_PROXIES' "none": the
+        # services read the header themselves, from TRUSTED_PROXIES only (http.client_address).
+        proxy_headers=False,
+        forwarded_allow_ips="",
         loop="auto",
         http="auto",
     )
