@@ -1,10 +1,11 @@
 """One event hop, stage by stage: outbox commit → relay's produce acknowledged → subscriber.
 
-Its own process, own embedded PostgreSQL and Tansu (not part of `make bench`; a tool to trace a
-hop's latency, see bench/README.md "Hops"). A producer runtime wired as a service is
-(`use_outbox_relay()`), a consumer runtime with one `subscribe_events` subscriber; N times, one
-at a time with a random pause: commit one outbox row, and time when the relay's acknowledgement
-arrived and when the handler ran. Prints percentiles per stage as one JSON line.
+Its own process, own embedded PostgreSQL and Apache Kafka node (full JIT; not part of `make
+bench`; a tool to trace a hop's latency, see bench/README.md "Hops"). A producer runtime wired
+as a service is (`use_outbox_relay()`), a consumer runtime with one `subscribe_events`
+subscriber; N times, one at a time with a random pause: commit one outbox row, and time when
+the relay's acknowledgement arrived and when the handler ran. Prints percentiles per stage as
+one JSON line.
 
     python bench/hop_probe.py --samples 40 --fetch-max-wait-ms 50
 """
@@ -34,7 +35,8 @@ from scanner_auth_shared.events import (
     ScannerDeauthorised,
     new_event,
 )
-from scanner_auth_shared.infra import EmbeddedPostgres, TansuBroker, remove_tree
+from scanner_auth_shared.infra import EmbeddedPostgres, remove_tree
+from scanner_auth_shared.kafka_broker import ApacheKafka
 from scanner_auth_shared.messaging import FETCH_MAX_WAIT_MS, create_broker, subscribe_events
 from scanner_auth_shared.outbox import MESSAGING_DDL
 from scanner_auth_shared.runtime import ServiceRuntime
@@ -171,12 +173,13 @@ def main() -> None:
     args = p.parse_args()
     root = Path(tempfile.mkdtemp(prefix="hop-probe-"))
     pg = EmbeddedPostgres(root / "pg").start()
-    broker = TansuBroker(root / "broker.log").start()
+    broker = ApacheKafka(root / "kafka", fast_jit=False).start()
     try:
         url = pg.create_database("probe")
-        assert broker.proc is not None
+        pid = broker.nodes[0].pid
+        assert pid is not None
         result = asyncio.run(
-            probe(url, broker.bootstrap, args.samples, broker.proc.pid, args.fetch_max_wait_ms)
+            probe(url, broker.bootstrap, args.samples, pid, args.fetch_max_wait_ms)
         )
         print(json.dumps(result))
     finally:
