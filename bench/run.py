@@ -55,7 +55,7 @@ from scanner_auth_shared.events import (
     new_event,
 )
 from scanner_auth_shared.infra import Mail, free_port
-from scanner_auth_shared.kafka_broker import run_tool
+from scanner_auth_shared.kafka_broker import ApacheKafka, run_tool
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -266,13 +266,18 @@ class FloorServer:
 
 
 class Bench:
-    def __init__(self, profile: Profile, figures: tuple[str, ...], root: Path) -> None:
+    def __init__(
+        self, profile: Profile, figures: tuple[str, ...], root: Path, kafka: str = "apache"
+    ) -> None:
         self.p = profile
         self.figures = figures
         self.root = root
         # Apache Kafka, one node, the full JIT: throughput matters here (the tests' C1-only JVM
-        # starts faster and runs slower).
-        self.stack = Stack(root, kafka="apache", kafka_fast_jit=False)
+        # starts faster and runs slower). `--kafka tansu`: the dev broker, for an A/B only.
+        self.kafka = kafka
+        self.stack = Stack(
+            root, kafka="tansu" if kafka == "tansu" else "apache", kafka_fast_jit=False
+        )
         self.results: list[Figure] = []
         self.scaling: dict[str, list[dict[str, Any]]] = {}
         self.scanner_serial = 0
@@ -533,6 +538,7 @@ class Bench:
             "--producer-props",
             f"bootstrap.servers={bootstrap}",
             "acks=all",
+            *(["enable.idempotence=false"] if self.kafka == "tansu" else []),
             timeout=600,
         )
         found = PRODUCER_SUMMARY.findall(out)
@@ -1087,10 +1093,12 @@ def report(bench: Bench, info: dict[str, Any], started: float) -> dict[str, Any]
     def verdict(ok: bool | None) -> str:
         return "—" if ok is None else ("yes" if ok else "NO")
 
+    broker = bench.stack.broker
+    broker_name = broker.description if isinstance(broker, ApacheKafka) else "Tansu"
     print()
     print(
         f"scanner-auth bench ({bench.p.name}, median of {bench.p.runs} run(s), warm-up "
-        f"excluded) on {info['cores']} cores ({info['cpu']}), load average at start "
+        f"excluded) on {broker_name}, {info['cores']} cores ({info['cpu']}), load average at start "
         f"{info['load_average_at_start'][0]:.2f}, at end {os.getloadavg()[0]:.2f}, "
         f"{time.monotonic() - started:.0f} s"
     )
@@ -1179,6 +1187,7 @@ def report(bench: Bench, info: dict[str, Any], started: float) -> dict[str, Any]
     info["seconds"] = round(time.monotonic() - started, 1)
     return {
         "machine": info,
+        "broker": broker_name,
         "profile": asdict(bench.p),
         "figures": [asdict(f) for f in bench.results],
         "scaling": bench.scaling,
@@ -1192,6 +1201,13 @@ def main(argv: list[str] | None = None) -> int:
         "--only", default=",".join(FIGURES), help=f"comma-separated, of: {', '.join(FIGURES)}"
     )
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON goes")
+    parser.add_argument(
+        "--kafka",
+        choices=("apache", "tansu"),
+        default="apache",
+        help="the broker: Apache Kafka, one node (default), or Tansu (an A/B against the dev "
+        "broker; the producer floor then runs without idempotence, which Tansu lacks)",
+    )
     args = parser.parse_args(argv)
     figures = tuple(f.strip() for f in args.only.split(",") if f.strip())
     unknown = set(figures) - set(FIGURES)
@@ -1201,7 +1217,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     info = machine()
     root = Path(tempfile.mkdtemp(prefix="scanner-auth-bench-"))
-    bench = Bench(PROFILES[args.profile], figures, root)
+    bench = Bench(PROFILES[args.profile], figures, root, kafka=args.kafka)
     try:
         bench.run()
         document = report(bench, info, started)
