@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -47,9 +48,12 @@ from scanner_auth_shared.events import (
 )
 from scanner_auth_shared.messaging import default_partition
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
+# The backlog test waits for the consumers as long as they progress (10 to 100 events/s on this
+# machine, so 30 s to 5 minutes for the backlog); each test's own waits are bounded below this.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1200)]
 
-BACKLOG = 3_000  # TokenIssued committed for the relay to drain: 2,000, then 1,000 more
+# TokenIssued committed for the relay to drain: 2,000, then 1,000 more during the failover.
+BACKLOG = int(os.environ.get("BROKER_FAULTS_BACKLOG", "3000"))
 REDEEMER_GROUP = "scanner-auth.redeemer.authorisation"
 OUTBOX_COLUMNS = ["event_id", "event_type", "topic", "key", "payload"]
 
@@ -173,15 +177,25 @@ async def applied(rig: Rig, events: list[CloudEvent]) -> tuple[dict[str, int], i
     return {"redeemer": int(redeemer), "notifier": int(notifier)}, twice
 
 
-async def wait_applied(rig: Rig, events: list[CloudEvent], timeout: float) -> float:
-    started = time.monotonic()
-
-    async def done() -> bool:
+async def wait_applied(
+    rig: Rig, events: list[CloudEvent], stalled: float = 60, cap: float = 900
+) -> float:
+    """Until both consumers applied every event, as long as they make progress: the seconds it
+    took. The consumers' rate depends on the machine's load (10 to 100 events/s here), so the
+    deadline is no progress for `stalled` seconds (a rebalance takes seconds; a minute is
+    ample), within `cap` seconds in all (the module's timeout is the last guard)."""
+    started = last_change = time.monotonic()
+    last = -1
+    while True:
         counts, _ = await applied(rig, events)
-        return all(n == len(events) for n in counts.values())
-
-    await within(done, timeout, every=0.5)
-    return time.monotonic() - started
+        now = time.monotonic()
+        if all(n == len(events) for n in counts.values()):
+            return now - started
+        if sum(counts.values()) != last:
+            last, last_change = sum(counts.values()), now
+        if now - last_change > stalled or now - started > cap:
+            return now - started
+        await asyncio.sleep(1)
 
 
 @dataclass
@@ -281,7 +295,7 @@ async def test_a_partition_leader_sigkilled_while_the_relay_drains_a_backlog(
     rig = cluster_rig
     pids = rig.pids()
     events = backlog(uid("backlog"), BACKLOG)
-    first, rest = events[:2000], events[2000:]
+    first, rest = events[: BACKLOG * 2 // 3], events[BACKLOG * 2 // 3 :]
     partitions = [p["partition"] for p in await rig.partitions(PUBLIC_TOPIC)]
     target = default_partition((events[0].subject or "").encode(), partitions)
     victim = await rig.leader_of(PUBLIC_TOPIC, target)
@@ -313,7 +327,7 @@ async def test_a_partition_leader_sigkilled_while_the_relay_drains_a_backlog(
 
     await within(all_on_topic, 60, every=1)
     outcome = await backlog_on_topic(rig, events)
-    applied_in = await wait_applied(rig, events, 240)
+    applied_in = await wait_applied(rig, events)
     outcome.applied, outcome.applied_twice = await applied(rig, events)
     progress(f"consumers applied {outcome.applied} in {applied_in:.1f}s")
     # The killed broker comes back with its data and catches up.
@@ -380,7 +394,7 @@ async def test_a_broker_stopped_and_started_again_while_consumers_work(cluster_r
 
     progress(f"broker {victim} back in sync after {in_sync:.1f}s")
     outcome = await work.check()
-    applied_in = await wait_applied(rig, events, 180)
+    applied_in = await wait_applied(rig, events)
     counts, twice = await applied(rig, events)
     settled = await settle(rig, pids)
     on_topic = await work.uploads.on_topic()
