@@ -130,6 +130,10 @@ class Stack:
     smtp_port: int = 0
     fixed_ports: bool = False  # the contract's default ports (dev) or free ones (tests)
     kafka: KafkaKind = "apache"
+    # Apache Kafka only: 1 node, or a controller and this many brokers (the production topic
+    # settings: the broker-fault tests); `kafka_fast_jit=False` for the benchmarks (full JIT).
+    kafka_brokers: int = 1
+    kafka_fast_jit: bool = True
     extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
     identity: TestIdentity = field(default_factory=TestIdentity)
     postgres: EmbeddedPostgres | None = None
@@ -146,7 +150,7 @@ class Stack:
         shutil.rmtree(kafka_dir, ignore_errors=True)
         self.postgres = EmbeddedPostgres(pg_dir).start()
         self.broker = (
-            ApacheKafka(kafka_dir).start()
+            ApacheKafka(kafka_dir, brokers=self.kafka_brokers, fast_jit=self.kafka_fast_jit).start()
             if self.kafka == "apache"
             else TansuBroker(self.root / "logs" / "broker.log").start()
         )

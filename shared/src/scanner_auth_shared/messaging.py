@@ -105,7 +105,8 @@ def create_broker(settings: ServiceSettings, service: str, **producer: Any) -> K
     if settings.kafka_idempotence == "off":
         options["enable_idempotence"] = False
     return KafkaBroker(
-        settings.kafka_bootstrap_servers,
+        # A list: faststream wraps a string in one, and "h1:9092,h2:9092" is then one bad host.
+        [h.strip() for h in settings.kafka_bootstrap_servers.split(",") if h.strip()],
         client_id=f"{settings.kafka_client_id}-{service}",
         logger=logging.getLogger(f"scanner_auth.{service}.kafka"),
         graceful_timeout=settings.shutdown_grace_seconds,
