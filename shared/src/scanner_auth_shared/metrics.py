@@ -43,3 +43,7 @@ PROCESSED_EVENTS_PURGED = Counter(
     "scanner_auth_processed_events_purged_total",
     "Processed-event rows forgotten after PROCESSED_EVENT_RETENTION_DAYS",
 )
+PRODUCER_RENEWED = Counter(
+    "scanner_auth_kafka_producer_renewed_total",
+    "Kafka producers replaced because their sender had stopped for good",
+)

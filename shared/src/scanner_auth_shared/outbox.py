@@ -172,15 +172,19 @@ class OutboxRelay:
         batch_size: int = 1000,
         producer: Callable[[], Any] | None = None,
         signer: EventSigner | None = None,
+        renew: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         """`producer`, when given, returns the started aiokafka producer (or None): the relay
         then hands Kafka whole record batches (`send_batch`) instead of calling `send` once per
         row: about three times the events per second (bench/README.md). `signer`: each record
-        then carries its producer's signature (scanner_auth_shared.signing)."""
+        then carries its producer's signature (scanner_auth_shared.signing). `renew`: called
+        after a failed drain, replaces a producer that stopped for good
+        (messaging.renew_producer)."""
         self.database = database
         self.send = send
         self.producer = producer
         self.signer = signer
+        self.renew = renew
         self.service = service
         self.poll_interval = poll_interval
         self.batch_size = batch_size
@@ -231,7 +235,8 @@ class OutboxRelay:
         try:
             published = await self.drain_once(conn)
         except Exception as exc:
-            if not is_infrastructure_error(exc):
+            renewed = self.renew is not None and await self.renew()
+            if not (renewed or is_infrastructure_error(exc)):
                 raise
             # The broker is unreachable (or the database went away): the same rows again, from
             # the oldest, after a pause; a dead database connection fails the next statement.

@@ -25,7 +25,7 @@ from faststream.kafka import KafkaBroker
 from starlette.types import ASGIApp
 
 from . import db as legacy_db
-from .messaging import aiokafka_producer, start_broker
+from .messaging import aiokafka_producer, renew_producer, start_broker
 from .migrations import upgrade
 from .outbox import OutboxRelay, purge_processed_events
 from .postgres import Database
@@ -123,6 +123,7 @@ class ServiceRuntime:
             # when the broker holds none.
             producer=lambda: aiokafka_producer(self.broker),
             signer=signer_for(self.settings, self.name),
+            renew=lambda: renew_producer(self.broker),
         )
         return self.relay
 
