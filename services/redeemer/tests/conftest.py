@@ -48,8 +48,9 @@ class Issued:
     code: str  # as a person reads it: XXXX-XXXX-XXXX
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 20.0,
-                     interval: float = 0.05) -> Any:
+async def eventually(
+    check: Callable[[], Awaitable[Any]], timeout: float = 20.0, interval: float = 0.05
+) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         result = await check()
@@ -72,16 +73,21 @@ class Harness:
     # ------------------------------------------------------------------ HTTP
 
     def client(self, host: str = CLIENT_IP) -> httpx.AsyncClient:
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app, client=(host, 5000)),
-                                   base_url="http://test", timeout=60)
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=self.app, client=(host, 5000)),
+            base_url="http://test",
+            timeout=60,
+        )
         self._clients.append(client)
         return client
 
-    async def redeem(self, code: str, serial: str, client: httpx.AsyncClient | None = None,
-                     **headers: str) -> httpx.Response:
+    async def redeem(
+        self, code: str, serial: str, client: httpx.AsyncClient | None = None, **headers: str
+    ) -> httpx.Response:
         client = client or self.client()
-        return await client.post("/v1/authorisations", json={"code": code, "serial_number": serial},
-                                 headers=headers)
+        return await client.post(
+            "/v1/authorisations", json={"code": code, "serial_number": serial}, headers=headers
+        )
 
     async def rotate(self, credential: str | None) -> httpx.Response:
         headers = {"Authorization": f"Bearer {credential}"} if credential is not None else {}
@@ -89,35 +95,52 @@ class Harness:
 
     # ------------------------------------------------------------------ the world's events
 
-    async def publish(self, topic: str, *datas: EventData | CloudEvent,
-                      source: str = "scanner-auth/token-issuer") -> list[CloudEvent]:
+    async def publish(
+        self, topic: str, *datas: EventData | CloudEvent, source: str = "scanner-auth/token-issuer"
+    ) -> list[CloudEvent]:
         return await publish_events(self.bootstrap, topic, *datas, source=source)
 
     async def register(self, scanner_id: str, serial: str, *, wait: bool = True) -> CloudEvent:
-        [event] = await self.publish(DIRECTORY_TOPIC, ScannerRegistered(
-            scanner_id=scanner_id, org_id=ORG, serial_number=serial, name="Scanner", model="LVS"),
-            source="myscanner/directory")
+        [event] = await self.publish(
+            DIRECTORY_TOPIC,
+            ScannerRegistered(
+                scanner_id=scanner_id, org_id=ORG, serial_number=serial, name="Scanner", model="LVS"
+            ),
+            source="myscanner/directory",
+        )
         if wait:
-            assert await eventually(lambda: self.scalar(
-                "SELECT serial_number = $2 FROM scanners WHERE scanner_id = $1",
-                scanner_id, serial))
+            assert await eventually(
+                lambda: self.scalar(
+                    "SELECT serial_number = $2 FROM scanners WHERE scanner_id = $1",
+                    scanner_id,
+                    serial,
+                )
+            )
         return event
 
     async def remove(self, scanner_id: str) -> None:
-        await self.publish(DIRECTORY_TOPIC, ScannerRemoved(scanner_id=scanner_id),
-                           source="myscanner/directory")
-        assert await eventually(lambda: self.scalar(
-            "SELECT removed FROM scanners WHERE scanner_id = $1", scanner_id))
+        await self.publish(
+            DIRECTORY_TOPIC, ScannerRemoved(scanner_id=scanner_id), source="myscanner/directory"
+        )
+        assert await eventually(
+            lambda: self.scalar("SELECT removed FROM scanners WHERE scanner_id = $1", scanner_id)
+        )
 
-    def token_issued(self, scanner_id: str, *, ttl: float = 259200.0,
-                     token_id: str | None = None) -> tuple[Issued, TokenIssued]:
+    def token_issued(
+        self, scanner_id: str, *, ttl: float = 259200.0, token_id: str | None = None
+    ) -> tuple[Issued, TokenIssued]:
         code = generate_code()
         now = datetime.now(UTC)
         issued = Issued(token_id or str(uuid.uuid4()), scanner_id, code)
-        data = TokenIssued(token_id=issued.token_id, scanner_id=scanner_id, org_id=ORG,
-                           issued_by="admin-1", issued_at=now,
-                           expires_at=now + timedelta(seconds=ttl),
-                           code_digest=code_digest(self.pepper.encode(), normalise_code(code)))
+        data = TokenIssued(
+            token_id=issued.token_id,
+            scanner_id=scanner_id,
+            org_id=ORG,
+            issued_by="admin-1",
+            issued_at=now,
+            expires_at=now + timedelta(seconds=ttl),
+            code_digest=code_digest(self.pepper.encode(), normalise_code(code)),
+        )
         return issued, data
 
     async def issue(self, scanner_id: str, *, ttl: float = 259200.0) -> Issued:
@@ -126,30 +149,56 @@ class Harness:
         await self.wait_token(issued.token_id, "active")
         return issued
 
-    async def revoke(self, issued: Issued, reason: str = "revoked",
-                     wait: str | None = "revoked") -> None:
-        await self.publish(PUBLIC_TOPIC, TokenRevoked(
-            token_id=issued.token_id, scanner_id=issued.scanner_id, org_id=ORG,
-            revoked_by="admin-1", reason=reason, revoked_at=datetime.now(UTC)))  # type: ignore[arg-type]
+    async def revoke(
+        self, issued: Issued, reason: str = "revoked", wait: str | None = "revoked"
+    ) -> None:
+        await self.publish(
+            PUBLIC_TOPIC,
+            TokenRevoked(
+                token_id=issued.token_id,
+                scanner_id=issued.scanner_id,
+                org_id=ORG,
+                revoked_by="admin-1",
+                reason=reason,
+                revoked_at=datetime.now(UTC),
+            ),
+        )  # type: ignore[arg-type]
         if wait:
             await self.wait_token(issued.token_id, wait)
 
     async def expire(self, issued: Issued) -> None:
-        await self.publish(PUBLIC_TOPIC, TokenExpired(
-            token_id=issued.token_id, scanner_id=issued.scanner_id, org_id=ORG,
-            expired_at=datetime.now(UTC)))
+        await self.publish(
+            PUBLIC_TOPIC,
+            TokenExpired(
+                token_id=issued.token_id,
+                scanner_id=issued.scanner_id,
+                org_id=ORG,
+                expired_at=datetime.now(UTC),
+            ),
+        )
 
-    async def deauthorise(self, scanner_id: str, *, at: datetime | None = None,
-                          credential_id: str | None = None) -> CloudEvent:
-        [event] = await self.publish(PUBLIC_TOPIC, ScannerDeauthorised(
-            scanner_id=scanner_id, org_id=ORG, credential_id=credential_id,
-            deauthorised_by="admin-1", reason="deauthorised",
-            deauthorised_at=at or datetime.now(UTC)))
+    async def deauthorise(
+        self, scanner_id: str, *, at: datetime | None = None, credential_id: str | None = None
+    ) -> CloudEvent:
+        [event] = await self.publish(
+            PUBLIC_TOPIC,
+            ScannerDeauthorised(
+                scanner_id=scanner_id,
+                org_id=ORG,
+                credential_id=credential_id,
+                deauthorised_by="admin-1",
+                reason="deauthorised",
+                deauthorised_at=at or datetime.now(UTC),
+            ),
+        )
         return event
 
     async def wait_processed(self, event: CloudEvent) -> None:
-        assert await eventually(lambda: self.scalar(
-            "SELECT count(*) = 1 FROM processed_events WHERE event_id = $1", event.id))
+        assert await eventually(
+            lambda: self.scalar(
+                "SELECT count(*) = 1 FROM processed_events WHERE event_id = $1", event.id
+            )
+        )
 
     # ------------------------------------------------------------------ looking inside
 
@@ -165,9 +214,11 @@ class Harness:
         return rows[0][0] if rows else None
 
     async def wait_token(self, token_id: str, status: str) -> None:
-        assert await eventually(lambda: self.scalar(
-            "SELECT status = $2 FROM tokens WHERE token_id = $1", token_id, status)), \
-            f"token {token_id} never became {status}"
+        assert await eventually(
+            lambda: self.scalar(
+                "SELECT status = $2 FROM tokens WHERE token_id = $1", token_id, status
+            )
+        ), f"token {token_id} never became {status}"
 
     async def events(self, type_: str) -> list[CloudEvent]:
         return await events_on(self.bootstrap, PUBLIC_TOPIC, type_)
@@ -198,9 +249,12 @@ def start(database_url: str, kafka: Any, test_secrets: Any) -> Start:
 
     @contextlib.asynccontextmanager
     async def run(**overrides: Any) -> AsyncIterator[Harness]:
-        values: dict[str, Any] = {"database_url": database_url,
-                                  "kafka_bootstrap_servers": kafka.bootstrap,
-                                  "token_pepper": test_secrets.pepper, **FAST_CONSUMERS}
+        values: dict[str, Any] = {
+            "database_url": database_url,
+            "kafka_bootstrap_servers": kafka.bootstrap,
+            "token_pepper": test_secrets.pepper,
+            **FAST_CONSUMERS,
+        }
         values.update(overrides)
         harness = Harness(Settings(**values), kafka.bootstrap, test_secrets.pepper)
         async with harness.runtime.running():

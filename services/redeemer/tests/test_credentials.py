@@ -55,10 +55,14 @@ async def test_rotation_gives_a_new_credential_and_the_old_one_works_until_its_g
         [event] = await h.wait_events("CredentialRotated", 1)
         assert event.subject == "sc-1" and event.source == "scanner-auth/redeemer"
         assert event.data == {
-            "scanner_id": "sc-1", "org_id": ORG, "credential_id": body["credential_id"],
-            "credential_digest": _digest(c2), "previous_credential_id": first["credential_id"],
+            "scanner_id": "sc-1",
+            "org_id": ORG,
+            "credential_id": body["credential_id"],
+            "credential_digest": _digest(c2),
+            "previous_credential_id": first["credential_id"],
             "previous_valid_until": event.data["previous_valid_until"],
-            "rotated_at": event.data["rotated_at"]}
+            "rotated_at": event.data["rotated_at"],
+        }
         assert datetime.fromisoformat(event.data["previous_valid_until"]) == valid_until
 
         await asyncio.sleep(max(0.0, (valid_until - datetime.now(UTC)).total_seconds()) + 0.1)
@@ -77,9 +81,13 @@ async def test_rotation_refuses_what_it_did_not_issue(start: Start):
     async with start() as h:
         client = h.client()
         unknown = f"{CREDENTIAL_PREFIX}{secrets.token_urlsafe(32)}"
-        for headers in ({}, {"Authorization": "Bearer"}, {"Authorization": "Basic abc"},
-                        {"Authorization": "Bearer not-a-credential"},
-                        {"Authorization": f"Bearer {unknown}"}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer"},
+            {"Authorization": "Basic abc"},
+            {"Authorization": "Bearer not-a-credential"},
+            {"Authorization": f"Bearer {unknown}"},
+        ):
             answer = await client.post("/v1/credentials/rotate", headers=headers)
             assert answer.status_code == 401, headers
             assert answer.headers["content-type"] == "application/problem+json"
@@ -132,20 +140,30 @@ async def test_deauthorisation_names_a_credential_or_runs_ahead_of_our_clock(sta
         await h.register("sc-1", "LVS-0001")
         first = await _authorised(h)
         # The token-issuer's clock is behind ours, but it names the credential: revoked anyway.
-        await h.deauthorise("sc-1", at=datetime.now(UTC) - timedelta(minutes=5),
-                            credential_id=first["credential_id"])
+        await h.deauthorise(
+            "sc-1",
+            at=datetime.now(UTC) - timedelta(minutes=5),
+            credential_id=first["credential_id"],
+        )
         assert await eventually(lambda: _ended(h, first["credential"]))
 
         # The token-issuer's clock runs ahead of ours: a credential issued after the
         # deauthorisation was applied must still be born alive (stamped after it).
         ahead = datetime.now(UTC) + timedelta(minutes=1)
         await h.deauthorise("sc-1", at=ahead)
-        assert await eventually(lambda: h.scalar(
-            "SELECT deauthorised_at = $1 FROM scanner_credential_state WHERE scanner_id = 'sc-1'",
-            ahead))
+        assert await eventually(
+            lambda: h.scalar(
+                "SELECT deauthorised_at = $1 FROM scanner_credential_state "
+                "WHERE scanner_id = 'sc-1'",
+                ahead,
+            )
+        )
         second = await _authorised(h)
         assert datetime.fromisoformat(second["authorised_at"]) > ahead
         assert await h.redeemer.credential_standing(second["credential"]) == "current"
-        event = next(e for e in await h.wait_events("ScannerAuthorised", 2)
-                     if e.data["credential_id"] == second["credential_id"])
+        event = next(
+            e
+            for e in await h.wait_events("ScannerAuthorised", 2)
+            if e.data["credential_id"] == second["credential_id"]
+        )
         assert datetime.fromisoformat(event.data["authorised_at"]) > ahead

@@ -37,21 +37,27 @@ log = logging.getLogger("scanner_auth.redeemer.api")
 
 # The one answer to every refused code (unknown, expired, used, revoked, wrong serial), byte for
 # byte, so that a caller learns nothing about which it was.
-UNIFORM_REFUSAL = orjson.dumps({
-    "type": "about:blank",
-    "title": "Bad Request",
-    "status": 400,
-    "detail": "the code was not accepted for this scanner",
-})
+UNIFORM_REFUSAL = orjson.dumps(
+    {
+        "type": "about:blank",
+        "title": "Bad Request",
+        "status": 400,
+        "detail": "the code was not accepted for this scanner",
+    }
+)
 NO_STORE = {"Cache-Control": "no-store"}
 
 BODY_SHAPE = "the body must be a JSON object with string fields code and serial_number"
 CODE_SHAPE = f"code must be a string of at most {domain.CODE_MAX_LENGTH} characters"
 SERIAL_SHAPE = f"serial_number must be a string of 1 to {domain.SERIAL_MAX_LENGTH} characters"
-CODE_MALFORMED = ("the code is malformed: a code is 12 characters of 0-9 and A-Z "
-                  "(without I, L, O, U), usually written XXXX-XXXX-XXXX")
-CODE_TYPO = ("the code contains a typo: its last character does not match the others; "
-             "check the code and enter it again")
+CODE_MALFORMED = (
+    "the code is malformed: a code is 12 characters of 0-9 and A-Z "
+    "(without I, L, O, U), usually written XXXX-XXXX-XXXX"
+)
+CODE_TYPO = (
+    "the code contains a typo: its last character does not match the others; "
+    "check the code and enter it again"
+)
 
 
 def rfc3339(moment: datetime) -> str:
@@ -95,27 +101,43 @@ def _parse(body: bytes) -> tuple[str, str] | Response:
 _REDEEM_DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,
-        "content": {"application/json": {"schema": {
-            "type": "object",
-            "required": ["code", "serial_number"],
-            "properties": {
-                "code": {"type": "string", "maxLength": 64, "example": "YD20-66YF-H255",
-                         "description": "The code as typed: case, spaces and dashes ignored; "
-                                        "O reads as 0, I and L as 1."},
-                "serial_number": {"type": "string", "minLength": 1, "maxLength": 64,
-                                  "description": "The scanner's own serial number."},
-            },
-        }}},
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "required": ["code", "serial_number"],
+                    "properties": {
+                        "code": {
+                            "type": "string",
+                            "maxLength": 64,
+                            "example": "YD20-66YF-H255",
+                            "description": "The code as typed: case, spaces and dashes ignored; "
+                            "O reads as 0, I and L as 1.",
+                        },
+                        "serial_number": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 64,
+                            "description": "The scanner's own serial number.",
+                        },
+                    },
+                }
+            }
+        },
     },
 }
+
+
 class AuthorisationGranted(BaseModel):
     """What a scanner receives once, on redeeming its code (documentation of the 201)."""
 
     scanner_id: str = Field(description="The scanner the code was issued for.")
     credential_id: str = Field(description="Id of the credential (not secret).")
-    credential: str = Field(description="The scanner's credential: an opaque string of at least "
-                                        "256 random bits, shown once; send it as `Authorization: "
-                                        "Bearer <credential>` to scan-ingest.")
+    credential: str = Field(
+        description="The scanner's credential: an opaque string of at least "
+        "256 random bits, shown once; send it as `Authorization: "
+        "Bearer <credential>` to scan-ingest."
+    )
     authorised_at: datetime = Field(description="When (RFC 3339, UTC).")
 
 
@@ -129,32 +151,54 @@ class CredentialIssued(BaseModel):
     )
 
 
-_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before trying again.",
-                                "schema": {"type": "integer"}}}
-_UNAVAILABLE = {"description": "The database is unreachable for a moment; `Retry-After` says "
-                               "when to try again.", "content": {PROBLEM: {}},
-                "headers": _RETRY_AFTER}
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again.",
+        "schema": {"type": "integer"},
+    }
+}
+_UNAVAILABLE = {
+    "description": "The database is unreachable for a moment; `Retry-After` says "
+    "when to try again.",
+    "content": {PROBLEM: {}},
+    "headers": _RETRY_AFTER,
+}
 _REDEEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    201: {"description": "Authorised. The credential is shown once; only its digest is kept.",
-          "model": AuthorisationGranted},
-    400: {"description": "The code was not accepted for this scanner (unknown, expired, used, "
-                         "revoked, or another scanner's): always the same body.",
-          "content": {PROBLEM: {}}},
+    201: {
+        "description": "Authorised. The credential is shown once; only its digest is kept.",
+        "model": AuthorisationGranted,
+    },
+    400: {
+        "description": "The code was not accepted for this scanner (unknown, expired, used, "
+        "revoked, or another scanner's): always the same body.",
+        "content": {PROBLEM: {}},
+    },
     413: {"description": "The body is too large.", "content": {PROBLEM: {}}},
-    422: {"description": "A malformed body, or a code with a typo (not counted as an attempt).",
-          "content": {PROBLEM: {}}},
-    429: {"description": "Too many failed attempts for this serial number or from this address; "
-                         "`Retry-After` says when to try again.", "content": {PROBLEM: {}},
-          "headers": _RETRY_AFTER},
+    422: {
+        "description": "A malformed body, or a code with a typo (not counted as an attempt).",
+        "content": {PROBLEM: {}},
+    },
+    429: {
+        "description": "Too many failed attempts for this serial number or from this address; "
+        "`Retry-After` says when to try again.",
+        "content": {PROBLEM: {}},
+        "headers": _RETRY_AFTER,
+    },
     503: _UNAVAILABLE,
 }
 _ROTATE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    201: {"description": "The new credential works at once, the old one until "
-                         "previous_valid_until.", "model": CredentialIssued},
-    401: {"description": "No credential, or not one this service issued.",
-          "content": {PROBLEM: {}}},
-    403: {"description": "The credential was replaced, revoked or already rotated.",
-          "content": {PROBLEM: {}}},
+    201: {
+        "description": "The new credential works at once, the old one until previous_valid_until.",
+        "model": CredentialIssued,
+    },
+    401: {
+        "description": "No credential, or not one this service issued.",
+        "content": {PROBLEM: {}},
+    },
+    403: {
+        "description": "The credential was replaced, revoked or already rotated.",
+        "content": {PROBLEM: {}},
+    },
     503: _UNAVAILABLE,
 }
 
@@ -167,8 +211,13 @@ def router(redeemer: Redeemer, trusted_proxies: tuple[Network, ...]) -> APIRoute
         peer = request.client.host if request.client is not None else None
         return client_address(peer, request.headers.get("x-forwarded-for"), trusted_proxies)
 
-    @routes.post("/v1/authorisations", status_code=201, openapi_extra=_REDEEM_DOC,
-                 responses=_REDEEM_RESPONSES, summary="Redeem a code for a scanner credential")
+    @routes.post(
+        "/v1/authorisations",
+        status_code=201,
+        openapi_extra=_REDEEM_DOC,
+        responses=_REDEEM_RESPONSES,
+        summary="Redeem a code for a scanner credential",
+    )
     async def redeem(request: Request) -> Response:
         body = await _read_body(request, limit)
         if body is None:
@@ -189,20 +238,31 @@ def router(redeemer: Redeemer, trusted_proxies: tuple[Network, ...]) -> APIRoute
         except Exception as exc:
             return _unavailable(exc)
         if isinstance(outcome, Authorised):
-            return FastJSONResponse({
-                "scanner_id": outcome.scanner_id,
-                "credential_id": outcome.credential_id,
-                "credential": outcome.credential,
-                "authorised_at": rfc3339(outcome.authorised_at),
-            }, status_code=201, headers=NO_STORE)
+            return FastJSONResponse(
+                {
+                    "scanner_id": outcome.scanner_id,
+                    "credential_id": outcome.credential_id,
+                    "credential": outcome.credential,
+                    "authorised_at": rfc3339(outcome.authorised_at),
+                },
+                status_code=201,
+                headers=NO_STORE,
+            )
         if isinstance(outcome, Refused):
             return Response(UNIFORM_REFUSAL, status_code=400, media_type=PROBLEM)
         assert isinstance(outcome, RateLimited)
-        return problem(429, "too many failed attempts; try again later",
-                       headers={"Retry-After": str(outcome.retry_after)})
+        return problem(
+            429,
+            "too many failed attempts; try again later",
+            headers={"Retry-After": str(outcome.retry_after)},
+        )
 
-    @routes.post("/v1/credentials/rotate", status_code=201, responses=_ROTATE_RESPONSES,
-                 summary="Exchange the scanner's credential for a new one")
+    @routes.post(
+        "/v1/credentials/rotate",
+        status_code=201,
+        responses=_ROTATE_RESPONSES,
+        summary="Exchange the scanner's credential for a new one",
+    )
     async def rotate(request: Request) -> Response:
         presented = bearer_token(request.headers.get("authorization"))
         try:
@@ -210,14 +270,21 @@ def router(redeemer: Redeemer, trusted_proxies: tuple[Network, ...]) -> APIRoute
         except Exception as exc:
             return _unavailable(exc)
         if isinstance(outcome, Rotated):
-            return FastJSONResponse({
-                "credential_id": outcome.credential_id,
-                "credential": outcome.credential,
-                "previous_valid_until": rfc3339(outcome.previous_valid_until),
-            }, status_code=201, headers=NO_STORE)
+            return FastJSONResponse(
+                {
+                    "credential_id": outcome.credential_id,
+                    "credential": outcome.credential,
+                    "previous_valid_until": rfc3339(outcome.previous_valid_until),
+                },
+                status_code=201,
+                headers=NO_STORE,
+            )
         if isinstance(outcome, Unauthenticated):
-            return problem(401, "a valid scanner credential is required",
-                           headers={"WWW-Authenticate": "Bearer"})
+            return problem(
+                401,
+                "a valid scanner credential is required",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         assert isinstance(outcome, Forbidden)
         return problem(403, "this credential can no longer be rotated")
 

@@ -30,7 +30,7 @@ def build(settings: Settings) -> ServiceRuntime:
         runtime,
         title="scanner-auth redeemer",
         description="Scanners redeem the code a person typed for their own credential, and "
-                    "rotate that credential.",
+        "rotate that credential.",
         routers=[api.router(redeemer, parse_networks(settings.trusted_proxies))],
     )
     app.state.redeemer = redeemer

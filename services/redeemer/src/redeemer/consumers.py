@@ -21,15 +21,23 @@ DIRECTORY_TYPES = {"ScannerRegistered", "ScannerRemoved"}
 
 def subscribe(broker: KafkaBroker, settings: Settings, redeemer: Redeemer) -> None:
     subscribe_events(
-        broker, settings, topic=PUBLIC_TOPIC, consumer=AUTHORISATION_CONSUMER,
-        group_id="scanner-auth.redeemer.authorisation", handler=redeemer.apply_public_event,
+        broker,
+        settings,
+        topic=PUBLIC_TOPIC,
+        consumer=AUTHORISATION_CONSUMER,
+        group_id="scanner-auth.redeemer.authorisation",
+        handler=redeemer.apply_public_event,
         types=AUTHORISATION_TYPES,
         description="the redeemer's view of tokens (digest, scanner, expiry, status); "
-                    "a deauthorised scanner's credentials are revoked",
+        "a deauthorised scanner's credentials are revoked",
     )
     subscribe_events(
-        broker, settings, topic=DIRECTORY_TOPIC, consumer=DIRECTORY_CONSUMER,
-        group_id="scanner-auth.redeemer.directory", handler=redeemer.apply_directory_event,
+        broker,
+        settings,
+        topic=DIRECTORY_TOPIC,
+        consumer=DIRECTORY_CONSUMER,
+        group_id="scanner-auth.redeemer.directory",
+        handler=redeemer.apply_directory_event,
         types=DIRECTORY_TYPES,
         description="the redeemer's view of scanners' serial numbers",
     )

@@ -125,8 +125,9 @@ class Redeemer:
                 # counts cannot change under us until commit.
                 await repo.lock_attempts(serial_key, address)
                 state = await repo.attempt_state(serial_key, address)
-                wait = domain.retry_after(now, state.serial.locked_until,
-                                          state.address.locked_until)
+                wait = domain.retry_after(
+                    now, state.serial.locked_until, state.address.locked_until
+                )
             if wait is not None:
                 await self._rejected(repo, serial, client_ip, "rate_limited", now, key=serial)
                 outcome: RedeemOutcome = RateLimited(wait)
@@ -145,17 +146,25 @@ class Redeemer:
                     lockouts = await self._failed(repo, serial_key, address, state)
                     if token is not None:
                         await repo.lock_scanner(token.scanner_id)  # per-scanner event order
-                    await self._rejected(repo, serial, client_ip, reason, now,
-                                         key=token.scanner_id if token is not None else serial)
+                    await self._rejected(
+                        repo,
+                        serial,
+                        client_ip,
+                        reason,
+                        now,
+                        key=token.scanner_id if token is not None else serial,
+                    )
                     outcome = Refused(reason)
                 else:
-                    outcome = await self._authorise(repo, token.scanner_id, token.org_id,
-                                                    token.token_id, serial, serial_key)
+                    outcome = await self._authorise(
+                        repo, token.scanner_id, token.org_id, token.token_id, serial, serial_key
+                    )
         self._observe(outcome, lockouts, serial, address)
         return outcome
 
-    async def _failed(self, repo: Repository, serial_key: str, address: str,
-                      state: AttemptState) -> list[str]:
+    async def _failed(
+        self, repo: Repository, serial_key: str, address: str, state: AttemptState
+    ) -> list[str]:
         """Count one failure against the serial and the address; returns the locks it caused."""
         lockouts = []
         serial_state, serial_locked = domain.serial_failed(state.serial, state.now, self.policy)
@@ -168,42 +177,81 @@ class Redeemer:
             lockouts.append("address")
         return lockouts
 
-    async def _rejected(self, repo: Repository, serial: str, client_ip: str,
-                        reason: domain.RejectionReason, now: datetime, *, key: str) -> None:
-        data = AuthorisationRejected(serial_number=serial[: domain.SERIAL_MAX_LENGTH],
-                                     reason=reason, client_ip=client_ip, rejected_at=now)
-        await enqueue(repo.session, new_event(data, source=SOURCE, subject=key),
-                      topic=PUBLIC_TOPIC, key=key)
+    async def _rejected(
+        self,
+        repo: Repository,
+        serial: str,
+        client_ip: str,
+        reason: domain.RejectionReason,
+        now: datetime,
+        *,
+        key: str,
+    ) -> None:
+        data = AuthorisationRejected(
+            serial_number=serial[: domain.SERIAL_MAX_LENGTH],
+            reason=reason,
+            client_ip=client_ip,
+            rejected_at=now,
+        )
+        await enqueue(
+            repo.session, new_event(data, source=SOURCE, subject=key), topic=PUBLIC_TOPIC, key=key
+        )
 
-    async def _authorise(self, repo: Repository, scanner_id: str, org_id: str, token_id: str,
-                         serial: str, serial_key: str) -> Authorised:
+    async def _authorise(
+        self,
+        repo: Repository,
+        scanner_id: str,
+        org_id: str,
+        token_id: str,
+        serial: str,
+        serial_key: str,
+    ) -> Authorised:
         stamp = await repo.lock_scanner(scanner_id)
         credential = generate_credential()
         credential_id = str(uuid.uuid4())
         digest = credential_digest(credential)
         # Earlier credentials replaced, the new one inserted, the serial's failures cleared:
         # one round trip.
-        await repo.authorise(credential_id=credential_id, scanner_id=scanner_id, org_id=org_id,
-                             credential_digest=digest, at=stamp, token_id=token_id,
-                             serial_key=serial_key)
-        data = ScannerAuthorised(scanner_id=scanner_id, org_id=org_id, token_id=token_id,
-                                 serial_number=serial, credential_id=credential_id,
-                                 credential_digest=digest, authorised_at=stamp)
-        await enqueue(repo.session, new_event(data, source=SOURCE), topic=PUBLIC_TOPIC,
-                      key=scanner_id)
+        await repo.authorise(
+            credential_id=credential_id,
+            scanner_id=scanner_id,
+            org_id=org_id,
+            credential_digest=digest,
+            at=stamp,
+            token_id=token_id,
+            serial_key=serial_key,
+        )
+        data = ScannerAuthorised(
+            scanner_id=scanner_id,
+            org_id=org_id,
+            token_id=token_id,
+            serial_number=serial,
+            credential_id=credential_id,
+            credential_digest=digest,
+            authorised_at=stamp,
+        )
+        await enqueue(
+            repo.session, new_event(data, source=SOURCE), topic=PUBLIC_TOPIC, key=scanner_id
+        )
         return Authorised(scanner_id, credential_id, credential, stamp)
 
-    def _observe(self, outcome: RedeemOutcome, lockouts: list[str], serial: str,
-                 address: str) -> None:
+    def _observe(
+        self, outcome: RedeemOutcome, lockouts: list[str], serial: str, address: str
+    ) -> None:
         """Metrics and logs, once the transaction has committed."""
         for scope in lockouts:
             metrics.LOCKOUTS.labels(scope).inc()
-            log.warning("redemption throttle locked a %s", scope,
-                        extra={"scope": scope, "serial_number": serial[:64], "address": address})
+            log.warning(
+                "redemption throttle locked a %s",
+                scope,
+                extra={"scope": scope, "serial_number": serial[:64], "address": address},
+            )
         if isinstance(outcome, Authorised):
             metrics.REDEMPTIONS.labels("authorised").inc()
-            log.info("scanner authorised", extra={"scanner_id": outcome.scanner_id,
-                                                  "credential_id": outcome.credential_id})
+            log.info(
+                "scanner authorised",
+                extra={"scanner_id": outcome.scanner_id, "credential_id": outcome.credential_id},
+            )
         elif isinstance(outcome, Refused):
             metrics.REDEMPTIONS.labels(outcome.reason).inc()
         else:
@@ -215,8 +263,11 @@ class Redeemer:
         """Exchange a current credential for a new one; the old one enters its grace period."""
         outcome = await self._rotate(presented)
         metrics.ROTATIONS.labels(
-            "rotated" if isinstance(outcome, Rotated)
-            else "unauthenticated" if isinstance(outcome, Unauthenticated) else "forbidden"
+            "rotated"
+            if isinstance(outcome, Rotated)
+            else "unauthenticated"
+            if isinstance(outcome, Unauthenticated)
+            else "forbidden"
         ).inc()
         return outcome
 
@@ -231,27 +282,44 @@ class Redeemer:
                 return Unauthenticated()
             stamp = await repo.lock_scanner(found.scanner_id)
             current = await repo.credential_by_id(found.credential_id)  # under the lock
-            if current is None or domain.standing(
-                current.status, current.valid_until, stamp) != "current":
+            if (
+                current is None
+                or domain.standing(current.status, current.valid_until, stamp) != "current"
+            ):
                 return Forbidden()
             valid_until = stamp + self.grace
             await repo.start_grace(current.credential_id, valid_until)
             credential = generate_credential()
             credential_id = str(uuid.uuid4())
             new_digest = credential_digest(credential)
-            await repo.insert_credential(credential_id=credential_id, scanner_id=current.scanner_id,
-                                         org_id=current.org_id, credential_digest=new_digest,
-                                         issued_at=stamp,
-                                         previous_credential_id=current.credential_id)
-            data = CredentialRotated(scanner_id=current.scanner_id, org_id=current.org_id,
-                                     credential_id=credential_id, credential_digest=new_digest,
-                                     previous_credential_id=current.credential_id,
-                                     previous_valid_until=valid_until, rotated_at=stamp)
-            await enqueue(session, new_event(data, source=SOURCE), topic=PUBLIC_TOPIC,
-                          key=current.scanner_id)
-        log.info("credential rotated", extra={"scanner_id": current.scanner_id,
-                                              "credential_id": credential_id,
-                                              "previous_credential_id": current.credential_id})
+            await repo.insert_credential(
+                credential_id=credential_id,
+                scanner_id=current.scanner_id,
+                org_id=current.org_id,
+                credential_digest=new_digest,
+                issued_at=stamp,
+                previous_credential_id=current.credential_id,
+            )
+            data = CredentialRotated(
+                scanner_id=current.scanner_id,
+                org_id=current.org_id,
+                credential_id=credential_id,
+                credential_digest=new_digest,
+                previous_credential_id=current.credential_id,
+                previous_valid_until=valid_until,
+                rotated_at=stamp,
+            )
+            await enqueue(
+                session, new_event(data, source=SOURCE), topic=PUBLIC_TOPIC, key=current.scanner_id
+            )
+        log.info(
+            "credential rotated",
+            extra={
+                "scanner_id": current.scanner_id,
+                "credential_id": credential_id,
+                "previous_credential_id": current.credential_id,
+            },
+        )
         return Rotated(credential_id, credential, valid_until)
 
     async def credential_standing(self, presented: str) -> domain.Standing:
@@ -282,15 +350,30 @@ class Redeemer:
                 return
             repo = Repository(session)
             if isinstance(data, TokenIssued):
-                await repo.token_issued(token_id=data.token_id, scanner_id=data.scanner_id,
-                                        org_id=data.org_id, code_digest=data.code_digest,
-                                        issued_at=data.issued_at, expires_at=data.expires_at)
+                await repo.token_issued(
+                    token_id=data.token_id,
+                    scanner_id=data.scanner_id,
+                    org_id=data.org_id,
+                    code_digest=data.code_digest,
+                    issued_at=data.issued_at,
+                    expires_at=data.expires_at,
+                )
             elif isinstance(data, TokenRevoked):
-                await repo.token_ended(token_id=data.token_id, scanner_id=data.scanner_id,
-                                       org_id=data.org_id, status="revoked", at=data.revoked_at)
+                await repo.token_ended(
+                    token_id=data.token_id,
+                    scanner_id=data.scanner_id,
+                    org_id=data.org_id,
+                    status="revoked",
+                    at=data.revoked_at,
+                )
             elif isinstance(data, TokenExpired):
-                await repo.token_ended(token_id=data.token_id, scanner_id=data.scanner_id,
-                                       org_id=data.org_id, status="expired", at=data.expired_at)
+                await repo.token_ended(
+                    token_id=data.token_id,
+                    scanner_id=data.scanner_id,
+                    org_id=data.org_id,
+                    status="expired",
+                    at=data.expired_at,
+                )
 
     async def apply_deauthorisation(self, event: CloudEvent, data: ScannerDeauthorised) -> None:
         """ScannerDeauthorised: every credential of the scanner issued up to then is revoked."""
@@ -298,10 +381,13 @@ class Redeemer:
             if not await first_time(session, AUTHORISATION_CONSUMER, event.id):
                 return
             revoked = await Repository(session).deauthorise(
-                data.scanner_id, data.deauthorised_at, data.credential_id)
+                data.scanner_id, data.deauthorised_at, data.credential_id
+            )
         metrics.CREDENTIALS_REVOKED.inc(revoked)
-        log.info("scanner deauthorised", extra={"scanner_id": data.scanner_id,
-                                                "credentials_revoked": revoked})
+        log.info(
+            "scanner deauthorised",
+            extra={"scanner_id": data.scanner_id, "credentials_revoked": revoked},
+        )
 
     async def apply_directory_event(self, event: CloudEvent, data: EventData) -> None:
         """ScannerRegistered / ScannerRemoved into the serial-number view (idempotent)."""
@@ -319,7 +405,8 @@ class Redeemer:
     async def forget_stale_throttles(self) -> None:
         async with self.database.transaction() as session:
             await Repository(session).forget_stale_throttles(
-                self.settings.throttle_retention_seconds)
+                self.settings.throttle_retention_seconds
+            )
 
     async def housekeeping_loop(self) -> None:
         while True:
@@ -327,5 +414,6 @@ class Redeemer:
             try:
                 await self.forget_stale_throttles()
             except Exception as exc:
-                log.warning("throttle cleanup failed; will retry",
-                            extra={"error": type(exc).__name__})
+                log.warning(
+                    "throttle cleanup failed; will retry", extra={"error": type(exc).__name__}
+                )

@@ -257,31 +257,53 @@ class Repository:
         """Serialise the attempts on one serial number and from one address (held to commit):
         the throttle state read next cannot go stale, so a burst of parallel guesses gets no
         more tries than a sequence would. Always serial first, then address."""
-        await _exec(self.session, _LOCK_ATTEMPTS, {
-            "serial_cls": _SERIAL_LOCK_CLASS, "serial_id": _lock_id(serial_key),
-            "address_cls": _ADDRESS_LOCK_CLASS, "address_id": _lock_id(address)})
+        await _exec(
+            self.session,
+            _LOCK_ATTEMPTS,
+            {
+                "serial_cls": _SERIAL_LOCK_CLASS,
+                "serial_id": _lock_id(serial_key),
+                "address_cls": _ADDRESS_LOCK_CLASS,
+                "address_id": _lock_id(address),
+            },
+        )
 
     async def attempt_state(self, serial_key: str, address: str) -> AttemptState:
-        result = await _exec(self.session, _ATTEMPT_STATE,
-                             {"serial_key": serial_key, "address": address})
+        result = await _exec(
+            self.session, _ATTEMPT_STATE, {"serial_key": serial_key, "address": address}
+        )
         row = result.mappings().one()
         return AttemptState(
             now=row["now"],
             serial=SerialThrottle(row["serial_failures"] or 0, row["serial_locked_until"]),
-            address=AddressThrottle(tuple(row["address_failures"] or ()),
-                                    row["address_locked_until"]),
+            address=AddressThrottle(
+                tuple(row["address_failures"] or ()), row["address_locked_until"]
+            ),
         )
 
     async def save_serial(self, serial_key: str, state: SerialThrottle, now: datetime) -> None:
-        await _exec(self.session, _SAVE_SERIAL, {
-            "serial_key": serial_key, "failures": state.failures,
-            "locked_until": state.locked_until, "now": now})
+        await _exec(
+            self.session,
+            _SAVE_SERIAL,
+            {
+                "serial_key": serial_key,
+                "failures": state.failures,
+                "locked_until": state.locked_until,
+                "now": now,
+            },
+        )
 
     async def save_address(self, address: str, state: AddressThrottle, now: datetime) -> None:
-        await _exec(self.session, _SAVE_ADDRESS, {
-            "address": address, "failures": list(state.failures),
-            "locked_until": state.locked_until, "now": now})
-
+        await _exec(
+            self.session,
+            _SAVE_ADDRESS,
+            {
+                "address": address,
+                "failures": list(state.failures),
+                "locked_until": state.locked_until,
+                "now": now,
+            },
+        )
 
     async def forget_stale_throttles(self, retention_seconds: float) -> None:
         for sql in (_FORGET_SERIALS, _FORGET_ADDRESSES):
@@ -301,22 +323,52 @@ class Repository:
         result = await _exec(self.session, _REDEEM, {"token_id": token_id})
         return result.first() is not None
 
-    async def token_issued(self, *, token_id: str, scanner_id: str, org_id: str, code_digest: str,
-                           issued_at: datetime, expires_at: datetime) -> None:
-        await _exec(self.session, _TOKEN_ISSUED, {
-            "token_id": token_id, "scanner_id": scanner_id, "org_id": org_id,
-            "code_digest": code_digest, "issued_at": issued_at, "expires_at": expires_at})
+    async def token_issued(
+        self,
+        *,
+        token_id: str,
+        scanner_id: str,
+        org_id: str,
+        code_digest: str,
+        issued_at: datetime,
+        expires_at: datetime,
+    ) -> None:
+        await _exec(
+            self.session,
+            _TOKEN_ISSUED,
+            {
+                "token_id": token_id,
+                "scanner_id": scanner_id,
+                "org_id": org_id,
+                "code_digest": code_digest,
+                "issued_at": issued_at,
+                "expires_at": expires_at,
+            },
+        )
 
-    async def token_ended(self, *, token_id: str, scanner_id: str, org_id: str, status: str,
-                          at: datetime) -> None:
-        await _exec(self.session, _TOKEN_ENDED, {"token_id": token_id, "scanner_id": scanner_id,
-                                                 "org_id": org_id, "status": status, "at": at})
+    async def token_ended(
+        self, *, token_id: str, scanner_id: str, org_id: str, status: str, at: datetime
+    ) -> None:
+        await _exec(
+            self.session,
+            _TOKEN_ENDED,
+            {
+                "token_id": token_id,
+                "scanner_id": scanner_id,
+                "org_id": org_id,
+                "status": status,
+                "at": at,
+            },
+        )
 
     # ------------------------------------------------------------------ directory view
 
     async def scanner_registered(self, scanner_id: str, org_id: str, serial: str) -> None:
-        await _exec(self.session, _SCANNER_REGISTERED,
-                    {"scanner_id": scanner_id, "org_id": org_id, "serial": serial})
+        await _exec(
+            self.session,
+            _SCANNER_REGISTERED,
+            {"scanner_id": scanner_id, "org_id": org_id, "serial": serial},
+        )
 
     async def scanner_removed(self, scanner_id: str) -> None:
         await _exec(self.session, _SCANNER_REMOVED, {"scanner_id": scanner_id})
@@ -329,54 +381,103 @@ class Repository:
         result = await _exec(self.session, _LOCK_SCANNER, {"scanner_id": scanner_id})
         return cast(datetime, result.scalar_one())
 
-
-    async def authorise(self, *, credential_id: str, scanner_id: str, org_id: str,
-                        credential_digest: str, at: datetime, token_id: str,
-                        serial_key: str) -> None:
+    async def authorise(
+        self,
+        *,
+        credential_id: str,
+        scanner_id: str,
+        org_id: str,
+        credential_digest: str,
+        at: datetime,
+        token_id: str,
+        serial_key: str,
+    ) -> None:
         """A redemption's writes: the scanner's earlier credentials replaced, the new one
         inserted, the serial's failures cleared; one statement."""
-        await _exec(self.session, _AUTHORISE, {
-            "credential_id": credential_id, "scanner_id": scanner_id, "org_id": org_id,
-            "credential_digest": credential_digest, "at": at, "token_id": token_id,
-            "serial_key": serial_key})
+        await _exec(
+            self.session,
+            _AUTHORISE,
+            {
+                "credential_id": credential_id,
+                "scanner_id": scanner_id,
+                "org_id": org_id,
+                "credential_digest": credential_digest,
+                "at": at,
+                "token_id": token_id,
+                "serial_key": serial_key,
+            },
+        )
 
-    async def insert_credential(self, *, credential_id: str, scanner_id: str, org_id: str,
-                                credential_digest: str, issued_at: datetime,
-                                token_id: str | None = None,
-                                previous_credential_id: str | None = None) -> None:
-        await _exec(self.session, _INSERT_CREDENTIAL, {
-            "credential_id": credential_id, "scanner_id": scanner_id, "org_id": org_id,
-            "credential_digest": credential_digest, "issued_at": issued_at,
-            "token_id": token_id, "previous_credential_id": previous_credential_id})
+    async def insert_credential(
+        self,
+        *,
+        credential_id: str,
+        scanner_id: str,
+        org_id: str,
+        credential_digest: str,
+        issued_at: datetime,
+        token_id: str | None = None,
+        previous_credential_id: str | None = None,
+    ) -> None:
+        await _exec(
+            self.session,
+            _INSERT_CREDENTIAL,
+            {
+                "credential_id": credential_id,
+                "scanner_id": scanner_id,
+                "org_id": org_id,
+                "credential_digest": credential_digest,
+                "issued_at": issued_at,
+                "token_id": token_id,
+                "previous_credential_id": previous_credential_id,
+            },
+        )
 
     async def credential_by_digest(self, digest: str) -> StoredCredential | None:
-        found = (await self.session.exec(
-            select(Credential).where(Credential.credential_digest == digest)
-        )).first()
+        found = (
+            await self.session.exec(
+                select(Credential).where(Credential.credential_digest == digest)
+            )
+        ).first()
         if found is None:
             return None
-        return StoredCredential(found.credential_id, found.scanner_id, found.org_id,
-                                found.credential_digest, cast(CredentialStatus, found.status),
-                                found.valid_until)
+        return StoredCredential(
+            found.credential_id,
+            found.scanner_id,
+            found.org_id,
+            found.credential_digest,
+            cast(CredentialStatus, found.status),
+            found.valid_until,
+        )
 
     async def credential_by_id(self, credential_id: str) -> StoredCredential | None:
         result = await _exec(self.session, _CREDENTIAL_BY_ID, {"credential_id": credential_id})
         row = result.mappings().first()
         if row is None:
             return None
-        return StoredCredential(row["credential_id"], row["scanner_id"], row["org_id"],
-                                row["credential_digest"], row["status"], row["valid_until"])
+        return StoredCredential(
+            row["credential_id"],
+            row["scanner_id"],
+            row["org_id"],
+            row["credential_digest"],
+            row["status"],
+            row["valid_until"],
+        )
 
     async def start_grace(self, credential_id: str, valid_until: datetime) -> None:
-        await _exec(self.session, _START_GRACE,
-                    {"credential_id": credential_id, "valid_until": valid_until})
+        await _exec(
+            self.session, _START_GRACE, {"credential_id": credential_id, "valid_until": valid_until}
+        )
 
     async def deauthorise(self, scanner_id: str, at: datetime, credential_id: str | None) -> int:
         """Revoke every live credential of the scanner issued at or before `at` (and the one
         named, whenever it was issued). Returns how many."""
         await _exec(self.session, _DEAUTHORISE, {"scanner_id": scanner_id, "at": at})
-        result = await _exec(self.session, _REVOKE_CREDENTIALS,
-                             {"scanner_id": scanner_id, "at": at, "credential_id": credential_id})
+        result = await _exec(
+            self.session,
+            _REVOKE_CREDENTIALS,
+            {"scanner_id": scanner_id, "at": at, "credential_id": credential_id},
+        )
         return cast(int, getattr(result, "rowcount", 0) or 0)
 
 
