@@ -1,6 +1,11 @@
-"""The redeemer started in-process on real PostgreSQL and the real broker, and what its tests
-need around it: the directory's and the token-issuer's events, HTTP clients, a look at its
-database."""
+"""What the redeemer's tests need.
+
+- Unit tests (adapters/memory.py): a `Store`, units of work over it (`uow()`), the use cases'
+  `Config`, and the world's events applied through the consumers' handlers (`World`).
+- Integration tests: the redeemer started in-process on real PostgreSQL and the real broker
+  (`start`), the directory's and the token-issuer's events, HTTP clients, a look at its
+  database.
+"""
 
 from __future__ import annotations
 
@@ -17,14 +22,18 @@ import asyncpg
 import httpx
 import pytest
 
-from redeemer.app import build
-from redeemer.handlers import Redeemer
+from redeemer import domain, handlers
+from redeemer.adapters.memory import MemoryUnitOfWork, Store
+from redeemer.api import Services
+from redeemer.app import SOURCE, build
+from redeemer.domain import Standing
+from redeemer.handlers import Authorised, Config, Rotated
 from redeemer.settings import Settings
 from scanner_auth_shared.crypto import code_digest, generate_code, normalise_code
-from scanner_auth_shared.db import asyncpg_dsn
 from scanner_auth_shared.events import (
     DIRECTORY_TOPIC,
     PUBLIC_TOPIC,
+    AuthorisationRejected,
     CloudEvent,
     EventData,
     ScannerDeauthorised,
@@ -33,12 +42,15 @@ from scanner_auth_shared.events import (
     TokenExpired,
     TokenIssued,
     TokenRevoked,
+    new_event,
 )
+from scanner_auth_shared.postgres import asyncpg_dsn
 from scanner_auth_shared.testing.kafka import events_on, publish_events
 from scanner_auth_shared.testing.plugin import FAST_CONSUMERS
 
 CLIENT_IP = "203.0.113.7"
 ORG = "org-1"
+PEPPER = b"a-unit-test-pepper-of-at-least-32-bytes"
 
 
 @dataclass(frozen=True)
@@ -59,6 +71,136 @@ async def eventually(
         await asyncio.sleep(interval)
 
 
+# ------------------------------------------------------------------------------------ unit tests
+
+
+class World:
+    """The redeemer on its memory fakes (adapters/memory.py): its use cases, and the events the
+    rest of the world sends it, applied by the consumers' handlers as the consumer does (one unit
+    of work, committed). `store.clock` is the database's clock: `store.advance(seconds)`."""
+
+    def __init__(self, config: Config | None = None, store: Store | None = None) -> None:
+        self.store = store or Store()
+        self.config = config or Config(pepper=PEPPER)
+
+    def uow(self) -> MemoryUnitOfWork:
+        return MemoryUnitOfWork(self.store, source=SOURCE)
+
+    async def apply(self, handler: Callable[..., Awaitable[None]], data: EventData) -> None:
+        event = new_event(data, source="scanner-auth/token-issuer")
+        async with self.uow() as uow:
+            await handler(uow, event, data)
+            await uow.commit()
+
+    # ------------------------------------------------------------------ the world's events
+
+    async def register(self, scanner_id: str, serial: str) -> None:
+        await self.apply(
+            handlers.on_scanner_registered,
+            ScannerRegistered(scanner_id=scanner_id, org_id=ORG, serial_number=serial),
+        )
+
+    async def remove(self, scanner_id: str) -> None:
+        await self.apply(handlers.on_scanner_removed, ScannerRemoved(scanner_id=scanner_id))
+
+    def token_issued(self, scanner_id: str, *, ttl: float = 259200.0) -> tuple[Issued, TokenIssued]:
+        code = generate_code()
+        now = self.store.clock
+        issued = Issued(str(uuid.uuid4()), scanner_id, code)
+        data = TokenIssued(
+            token_id=issued.token_id,
+            scanner_id=scanner_id,
+            org_id=ORG,
+            issued_by="admin-1",
+            issued_at=now,
+            expires_at=now + timedelta(seconds=ttl),
+            code_digest=code_digest(self.config.pepper, normalise_code(code)),
+        )
+        return issued, data
+
+    async def issue(self, scanner_id: str, *, ttl: float = 259200.0) -> Issued:
+        issued, data = self.token_issued(scanner_id, ttl=ttl)
+        await self.apply(handlers.on_token_issued, data)
+        return issued
+
+    async def revoke(self, issued: Issued, reason: str = "revoked") -> None:
+        await self.apply(
+            handlers.on_token_revoked,
+            TokenRevoked(
+                token_id=issued.token_id,
+                scanner_id=issued.scanner_id,
+                org_id=ORG,
+                revoked_by="admin-1",
+                reason=reason,  # type: ignore[arg-type]
+                revoked_at=self.store.clock,
+            ),
+        )
+
+    async def expire(self, issued: Issued) -> None:
+        await self.apply(
+            handlers.on_token_expired,
+            TokenExpired(
+                token_id=issued.token_id,
+                scanner_id=issued.scanner_id,
+                org_id=ORG,
+                expired_at=self.store.clock,
+            ),
+        )
+
+    async def deauthorise(
+        self, scanner_id: str, *, at: datetime | None = None, credential_id: str | None = None
+    ) -> None:
+        await self.apply(
+            handlers.on_scanner_deauthorised,
+            ScannerDeauthorised(
+                scanner_id=scanner_id,
+                org_id=ORG,
+                credential_id=credential_id,
+                deauthorised_by="admin-1",
+                reason="deauthorised",
+                deauthorised_at=at or self.store.clock,
+            ),
+        )
+
+    # ------------------------------------------------------------------ the use cases
+
+    async def redeem(self, code: str, serial: str, client_ip: str = CLIENT_IP) -> Authorised:
+        return await handlers.redeem_code(self.uow(), self.config, code, serial, client_ip)
+
+    async def refused(
+        self, code: str, serial: str, client_ip: str = CLIENT_IP
+    ) -> domain.RedemptionRefused:
+        """The refusal of this attempt (it must be refused)."""
+        with pytest.raises(domain.RedemptionRefused) as caught:
+            await self.redeem(code, serial, client_ip)
+        return caught.value
+
+    async def authorised(self, scanner_id: str = "sc-1", serial: str = "LVS-0001") -> Authorised:
+        """A fresh token for the scanner, redeemed."""
+        return await self.redeem((await self.issue(scanner_id)).code, serial)
+
+    async def rotate(self, credential: str | None) -> Rotated:
+        return await handlers.rotate_credential(self.uow(), self.config, credential)
+
+    async def standing(self, credential: str) -> Standing:
+        return await handlers.credential_standing(self.uow(), credential)
+
+    def rejections(self) -> list[tuple[str, str | None, str, str]]:
+        """(reason, subject, serial_number, client_ip) of each AuthorisationRejected, in order."""
+        return [
+            (e.data["reason"], e.subject, e.data["serial_number"], e.data["client_ip"])
+            for e in self.store.events(AuthorisationRejected)
+        ]
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+# ------------------------------------------------------------------------------------ integration
+
+
 class Harness:
     def __init__(self, settings: Settings, bootstrap: str, pepper: str) -> None:
         self.settings = settings
@@ -67,7 +209,7 @@ class Harness:
         self.runtime = build(settings)
         assert self.runtime.app is not None
         self.app: Any = self.runtime.app
-        self.redeemer: Redeemer = self.app.state.redeemer
+        self.services: Services = self.app.state.services
         self._clients: list[httpx.AsyncClient] = []
 
     # ------------------------------------------------------------------ HTTP
@@ -92,6 +234,9 @@ class Harness:
     async def rotate(self, credential: str | None) -> httpx.Response:
         headers = {"Authorization": f"Bearer {credential}"} if credential is not None else {}
         return await self.client().post("/v1/credentials/rotate", headers=headers)
+
+    async def standing(self, credential: str) -> Standing:
+        return await handlers.credential_standing(self.services.unit_of_work(), credential)
 
     # ------------------------------------------------------------------ the world's events
 

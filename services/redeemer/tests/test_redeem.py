@@ -10,11 +10,10 @@ from datetime import UTC, datetime
 import asyncpg
 import pytest
 
-from redeemer.adapters.repository import Repository
 from redeemer.api import UNIFORM_REFUSAL
 from scanner_auth_shared.crypto import generate_code, looks_like_credential
-from scanner_auth_shared.db import asyncpg_dsn
 from scanner_auth_shared.events import PUBLIC_TOPIC
+from scanner_auth_shared.postgres import asyncpg_dsn
 
 from .conftest import CLIENT_IP, ORG, Start, eventually
 
@@ -103,8 +102,10 @@ async def test_fifty_concurrent_redemptions_of_one_code_make_exactly_one_credent
         second = await h.issue("sc-1")
 
         async def mark_used() -> bool:
-            async with h.redeemer.database.transaction() as session:
-                return await Repository(session).redeem(second.token_id)
+            async with h.services.unit_of_work() as uow:
+                used = await uow.tokens.mark_redeemed(second.token_id)
+                await uow.commit()
+            return used
 
         assert sorted(await asyncio.gather(*(mark_used() for _ in range(20)))) == [False] * 19 + [
             True
