@@ -61,6 +61,8 @@ class Rotated:
     credential_id: str
     credential: str = field(repr=False)
     previous_valid_until: datetime
+    scanner_id: str
+    previous_credential_id: str
 
 
 # ------------------------------------------------------------------------------------ redeem
@@ -190,16 +192,7 @@ def _rejected(
 async def _authorise(uow: UnitOfWork, token: TokenView, attempt: Attempt) -> Authorised:
     """The scanner's earlier credentials replaced by a new one, the serial's failures cleared."""
     stamp = await uow.credentials.lock_scanner(token.scanner_id)
-    secret = generate_credential()
-    new = Credential(
-        credential_id=str(uuid.uuid4()),
-        scanner_id=token.scanner_id,
-        org_id=token.org_id,
-        credential_digest=credential_digest(secret),
-        status="active",
-        issued_at=stamp,
-        token_id=token.token_id,
-    )
+    new, secret = _new_credential(token.scanner_id, token.org_id, stamp, token_id=token.token_id)
     await uow.credentials.replace_live(token.scanner_id, stamp)
     await uow.credentials.add(new)
     await uow.throttles.clear_serial(attempt.serial_key)
@@ -217,6 +210,29 @@ async def _authorise(uow: UnitOfWork, token: TokenView, attempt: Attempt) -> Aut
     return Authorised(new.scanner_id, new.credential_id, secret, stamp)
 
 
+def _new_credential(
+    scanner_id: str,
+    org_id: str,
+    stamp: datetime,
+    *,
+    token_id: str | None = None,
+    previous_credential_id: str | None = None,
+) -> tuple[Credential, str]:
+    """A fresh credential (256 random bits) and the record of it that is kept: its digest."""
+    secret = generate_credential()
+    credential = Credential(
+        credential_id=str(uuid.uuid4()),
+        scanner_id=scanner_id,
+        org_id=org_id,
+        credential_digest=credential_digest(secret),
+        status="active",
+        issued_at=stamp,
+        token_id=token_id,
+        previous_credential_id=previous_credential_id,
+    )
+    return credential, secret
+
+
 # ------------------------------------------------------------------------------------ credentials
 
 
@@ -229,6 +245,14 @@ async def rotate_credential(uow: UnitOfWork, config: Config, presented: str | No
         metrics.ROTATIONS.labels(refused.outcome).inc()
         raise
     metrics.ROTATIONS.labels("rotated").inc()
+    log.info(
+        "credential rotated",
+        extra={
+            "scanner_id": rotated.scanner_id,
+            "credential_id": rotated.credential_id,
+            "previous_credential_id": rotated.previous_credential_id,
+        },
+    )
     return rotated
 
 
@@ -242,15 +266,8 @@ async def _rotate(uow: UnitOfWork, grace: timedelta, presented: str | None) -> R
             raise domain.CannotRotate()
         valid_until = stamp + grace
         await uow.credentials.start_grace(current.credential_id, valid_until)
-        secret = generate_credential()
-        new = Credential(
-            credential_id=str(uuid.uuid4()),
-            scanner_id=current.scanner_id,
-            org_id=current.org_id,
-            credential_digest=credential_digest(secret),
-            status="active",
-            issued_at=stamp,
-            previous_credential_id=current.credential_id,
+        new, secret = _new_credential(
+            current.scanner_id, current.org_id, stamp, previous_credential_id=current.credential_id
         )
         await uow.credentials.add(new)
         uow.emit(
@@ -265,15 +282,7 @@ async def _rotate(uow: UnitOfWork, grace: timedelta, presented: str | None) -> R
             )
         )
         await uow.commit()
-    log.info(
-        "credential rotated",
-        extra={
-            "scanner_id": new.scanner_id,
-            "credential_id": new.credential_id,
-            "previous_credential_id": current.credential_id,
-        },
-    )
-    return Rotated(new.credential_id, secret, valid_until)
+    return Rotated(new.credential_id, secret, valid_until, new.scanner_id, current.credential_id)
 
 
 def _digest_of(presented: str | None) -> str:
