@@ -66,19 +66,21 @@ async def test_endings_apply_to_active_tokens_only(world: World):
     assert world.store.tokens[revoked.token_id].status == "revoked"
 
 
-async def test_a_token_code_on_two_rows_prefers_the_active_one(world: World):
-    """A redelivered code digest (the same code issued twice) finds the token still usable."""
+async def test_a_code_on_two_tokens_finds_the_active_one_not_the_latest(world: World):
+    """The same digest on two tokens (the same code drawn twice): the active one is used, even
+    when an ended one was issued after it."""
     await world.register("sc-1", "LVS-0001")
-    old, old_data = world.token_issued("sc-1")
-    await world.apply(handlers.on_token_issued, old_data)
-    await world.revoke(old)
+    active, active_data = world.token_issued("sc-1")
+    await world.apply(handlers.on_token_issued, active_data)
     world.store.advance(1)
-    new, new_data = world.token_issued("sc-1")
+    later, later_data = world.token_issued("sc-1")
     await world.apply(
-        handlers.on_token_issued, new_data.model_copy(update={"code_digest": old_data.code_digest})
+        handlers.on_token_issued,
+        later_data.model_copy(update={"code_digest": active_data.code_digest}),
     )
-    assert (await world.redeem(old.code, "LVS-0001")).scanner_id == "sc-1"
-    assert world.store.tokens[new.token_id].status == "redeemed"
+    await world.revoke(later)
+    assert (await world.redeem(active.code, "LVS-0001")).scanner_id == "sc-1"
+    assert world.store.tokens[active.token_id].status == "redeemed"
 
 
 async def test_the_serial_number_view_follows_the_directory(world: World):
