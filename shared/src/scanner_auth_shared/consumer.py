@@ -296,7 +296,8 @@ def subscribe(
         await runner.handle_batch(msg.raw_message)
 
     # For the AsyncAPI document (`scanner-auth contracts`): what this consumer reads.
-    on_batch.__annotations__["body"] = list[documented_body(list(consumer.handlers))]  # type: ignore[misc]
+    # One record is one event: the document describes a message, not the batch it came in.
+    on_batch.__annotations__["body"] = documented_body(list(consumer.handlers))
 
     subscriber = broker.subscriber(
         consumer.topic,
