@@ -39,3 +39,7 @@ EVENTS_UNVERIFIED = Counter(
     "Events refused because their signature did not prove their producer",
     ["consumer"],
 )
+PROCESSED_EVENTS_PURGED = Counter(
+    "scanner_auth_processed_events_purged_total",
+    "Processed-event rows forgotten after PROCESSED_EVENT_RETENTION_DAYS",
+)

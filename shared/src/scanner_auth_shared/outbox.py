@@ -20,6 +20,7 @@ import asyncio
 import logging
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -73,6 +74,50 @@ MESSAGING_DDL = (
     )
     """,
 )
+
+# DDL of the messaging tables' retention, run by each service's migration after MESSAGING_DDL
+# (idempotent): an index that makes purging the processed-event table cheap, and autovacuum
+# tuned for the outbox, whose every row is deleted within moments of its insert (a queue table:
+# vacuumed after a fixed number of dead rows, not a fraction of a table that is nearly empty).
+MESSAGING_RETENTION_DDL = (
+    "CREATE INDEX IF NOT EXISTS processed_events_age ON processed_events (processed_at)",
+    """
+    ALTER TABLE outbox SET (
+        autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
+        autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 1000
+    )
+    """,
+)
+
+_PURGE_PROCESSED = """
+    DELETE FROM processed_events
+    WHERE ctid = ANY (ARRAY(
+        SELECT ctid FROM processed_events WHERE processed_at < now() - $1::interval LIMIT $2
+    ))
+"""
+
+
+async def purge_processed_events(
+    database: Database, retention: timedelta, *, batch: int = 10_000
+) -> int:
+    """Forget processed-event rows older than `retention`, in batches (short transactions, no
+    long lock). The number of rows removed.
+
+    Safe once `retention` exceeds how long an event can come back: Kafka redelivers only what
+    is still on its topic, so a retention longer than every consumed topic's (30 days for the
+    public topic, 7 for the notifications topic: deploy/k8s/topics) means a row is forgotten
+    only after its event left the topic. Redeliveries after a crash come back within seconds;
+    a group whose offsets expired, or was reset, replays at most the topic's retention."""
+    removed = 0
+    while True:
+        async with database.transaction() as conn:
+            status = await conn.execute(_PURGE_PROCESSED, retention, batch)
+        count = int(status.rsplit(" ", 1)[-1])
+        removed += count
+        metrics.PROCESSED_EVENTS_PURGED.inc(count)
+        if count < batch:
+            return removed
+
 
 _INSERT = text(
     "INSERT INTO outbox (event_id, event_type, topic, key, payload) "

@@ -162,6 +162,10 @@ class DatabaseSettings(ServiceSettings):
     # No default: a service without its database refuses to start, naming the variable.
     database_url: str = Field(description="postgresql+asyncpg://user[:password]@host:port/database")
     database_pool_size: int = Field(10, ge=1)
+    # How long a consumer remembers an event it applied (the processed-event table): longer
+    # than the retention of every topic it consumes, so that no redelivery can outlive the
+    # memory of it (outbox.purge_processed_events). 35 days: the public topic keeps 30.
+    processed_event_retention_days: float = Field(35.0, ge=1)
     # Prepared statements kept per connection; 0 behind a transaction-mode PgBouncer.
     database_statement_cache_size: int = Field(256, ge=0)
 
