@@ -15,13 +15,20 @@ from __future__ import annotations
 import secrets
 import ssl
 import time
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..events import ALL_TOPICS, DIRECTORY_TOPIC
-from ..kafka_broker import ApacheKafka, TopicSpec, production_topics, repository_root
+from ..kafka_broker import (
+    ApacheKafka,
+    KafkaUnavailable,
+    TopicSpec,
+    production_topics,
+    repository_root,
+)
 
 # Strimzi's operation names and what each is called in Kafka's API (confluent-kafka's enums, from
 # their defining modules: confluent_kafka.admin re-exports them implicitly only).
@@ -366,20 +373,32 @@ def start_secured_kafka(
     strangers: Iterable[str] = ("stranger",),
     tls: bool = True,
     timeout: float = 180,
+    attempts: int = 2,
 ) -> SecuredKafka:
     """One secured Apache Kafka node in `root`: every user (default: the deployment's
     KafkaUsers) with a random SCRAM-SHA-512 password and its ACLs, and the `strangers` with a
-    password and no ACL."""
+    password and no ACL. A node that does not come up (KafkaUnavailable: on a machine shared
+    with other test sessions, a free port chosen for it can be taken before it binds it) is
+    started again from scratch on new ports, up to `attempts` times; the errors are kept."""
     users = dict(users if users is not None else kafka_users())
     passwords = {name: secrets.token_urlsafe(24) for name in [*users, *strangers]}
-    broker = ApacheKafka(root, topics=secured_topics(), scram_users=passwords, tls=tls)
-    try:
-        broker.start(timeout=timeout)
-        apply_kafka_users(broker.internal_bootstrap, users.values())
-    except BaseException:
-        broker.remove()
-        raise
-    return SecuredKafka(broker, users, passwords)
+    failures: list[str] = []
+    while True:
+        broker = ApacheKafka(root, topics=secured_topics(), scram_users=passwords, tls=tls)
+        try:
+            broker.start(timeout=timeout)
+            apply_kafka_users(broker.internal_bootstrap, users.values())
+        except KafkaUnavailable as exc:
+            broker.remove()
+            failures.append(str(exc))
+            if len(failures) >= attempts:
+                raise KafkaUnavailable("\n--- then:\n".join(failures)) from exc
+            warnings.warn(f"secured Kafka did not start, again: {exc}", stacklevel=2)
+            continue
+        except BaseException:
+            broker.remove()
+            raise
+        return SecuredKafka(broker, users, passwords)
 
 
 __all__ = [
