@@ -1,4 +1,7 @@
-"""Reading and writing topics directly, as another MyScanner service would (tests only)."""
+"""Reading and writing topics directly, as another MyScanner service would (tests only).
+
+Each helper takes aiokafka client options as keywords (`**client`) for a secured broker: SASL
+credentials and TLS (`testing.acls.SecuredKafka.security`)."""
 
 from __future__ import annotations
 
@@ -18,9 +21,10 @@ async def publish_raw(
     key: str | None,
     value: bytes,
     headers: list[tuple[str, bytes]] | None = None,
+    **client: Any,
 ) -> None:
     """`value` as it is: unsigned, unparsed (poison, forgeries)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **client)
     await producer.start()
     try:
         await producer.send_and_wait(
@@ -39,7 +43,11 @@ def default_source(data: EventData) -> str:
 
 
 async def publish_events(
-    bootstrap: str, topic: str, *datas: EventData | CloudEvent, source: str | None = None
+    bootstrap: str,
+    topic: str,
+    *datas: EventData | CloudEvent,
+    source: str | None = None,
+    **client: Any,
 ) -> list[CloudEvent]:
     """Publish events as their producers would: the source each producer writes (unless
     `source` says otherwise), keyed by subject, signed with the producer's test key
@@ -48,7 +56,7 @@ async def publish_events(
         d if isinstance(d, CloudEvent) else new_event(d, source=source or default_source(d))
         for d in datas
     ]
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **client)
     await producer.start()
     try:
         for event in events:
@@ -82,12 +90,15 @@ async def topic_partitions(
     return set()
 
 
-async def read_topic(bootstrap: str, topic: str, timeout: float = 15.0) -> list[Any]:
+async def read_topic(bootstrap: str, topic: str, timeout: float = 15.0, **client: Any) -> list[Any]:
     """Every record now on `topic` (aiokafka ConsumerRecord), from the start of each partition
     to its end offset at the time of the call. TimeoutError rather than a partial answer when
     the records cannot all be fetched within `timeout` (a broker that is still recovering)."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **client,
     )
     await consumer.start()
     try:
@@ -120,9 +131,11 @@ async def read_topic(bootstrap: str, topic: str, timeout: float = 15.0) -> list[
         await consumer.stop()
 
 
-async def events_on(bootstrap: str, topic: str, type_: str | None = None) -> list[CloudEvent]:
+async def events_on(
+    bootstrap: str, topic: str, type_: str | None = None, **client: Any
+) -> list[CloudEvent]:
     found = []
-    for record in await read_topic(bootstrap, topic):
+    for record in await read_topic(bootstrap, topic, **client):
         try:
             event = CloudEvent.from_bytes(record.value)
         except PoisonMessage:
@@ -133,13 +146,19 @@ async def events_on(bootstrap: str, topic: str, type_: str | None = None) -> lis
 
 
 async def wait_for_events(
-    bootstrap: str, topic: str, type_: str, count: int = 1, timeout: float = 15.0, match: Any = None
+    bootstrap: str,
+    topic: str,
+    type_: str,
+    count: int = 1,
+    timeout: float = 15.0,
+    match: Any = None,
+    **client: Any,
 ) -> list[CloudEvent]:
     deadline = time.monotonic() + timeout
     found: list[CloudEvent] = []
     while time.monotonic() < deadline:
         try:
-            on_topic = await events_on(bootstrap, topic, type_)
+            on_topic = await events_on(bootstrap, topic, type_, **client)
         except TimeoutError:
             on_topic = []  # the broker is still recovering: look again
         found = [e for e in on_topic if match is None or match(e)]
