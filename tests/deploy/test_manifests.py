@@ -912,8 +912,8 @@ def test_an_overlay_that_forgets_a_required_secret_fails(
 def test_shared_secrets_come_from_one_secret(docs: tuple[dict[str, Any], ...]) -> None:
     """TOKEN_PEPPER (token-issuer, redeemer) and SEALING_KEY (token-issuer, notifier) must be
     the same value in both services: one Secret key each. Each service's own database and Kafka
-    principal: a Secret key per service, never shared."""
-    own = {"DATABASE_URL", "KAFKA_SASL_PASSWORD"}
+    principal and event signing key: a Secret key per service, never shared."""
+    own = {"DATABASE_URL", "KAFKA_SASL_PASSWORD", "EVENT_SIGNING_KEY"}
     refs: dict[str, list[tuple[str, str]]] = {}
     for deployment in _of_kind(docs, "Deployment"):
         env = _env(docs, _main(deployment), deployment["metadata"]["namespace"])
@@ -1307,3 +1307,43 @@ def test_topic_settings(docs: tuple[dict[str, Any], ...], overlay: str) -> None:
     maximum = _autoscalers(docs)["notifier"][2]
     partitions = topics[events.NOTIFICATIONS_TOPIC]["partitions"]
     assert maximum <= partitions, f"notifier: up to {maximum} replicas, {partitions} partitions"
+
+
+def test_keys_prints_a_signing_key_per_service_and_the_line_that_trusts_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`scanner-auth keys`: what deploy/README.md tells an operator to run before the first prod
+    deployment. Each printed key signs a record that the printed EVENT_TRUSTED_KEYS verifies,
+    as that service and no other."""
+    from scanner_auth_shared.signing import EventSigner, TrustPolicy, Unverified
+
+    args = cli_parser().parse_args(["keys"])
+    args.func(args)
+    lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
+    trusted_line = lines.pop()
+    assert trusted_line.startswith("EVENT_TRUSTED_KEYS=")
+    seeds = dict(line.split("\t") for line in lines)
+    assert sorted(seeds) == ["notifier", "redeemer", "scan-ingest", "token-issuer"]
+    assert len(set(seeds.values())) == 4, "a key shared between services"
+    policy = TrustPolicy.from_text(trusted_line.removeprefix("EVENT_TRUSTED_KEYS="))
+    value = b'{"x": 1}'
+    for service, seed in seeds.items():
+        header = [EventSigner.from_text(service, seed).header("t", b"k", value)]
+        policy.verify(
+            producer=service,
+            source=f"scanner-auth/{service}",
+            topic="t",
+            key=b"k",
+            value=value,
+            headers=header,
+        )
+        other = next(s for s in seeds if s != service)
+        with pytest.raises(Unverified):
+            policy.verify(
+                producer=other,
+                source=f"scanner-auth/{other}",
+                topic="t",
+                key=b"k",
+                value=value,
+                headers=header,
+            )
