@@ -24,8 +24,9 @@ from token_issuer_support import Harness, code_forms, directory_of_two_orgs
 
 
 @pytest.fixture
-def make_settings(database_url: str, kafka: Any, identity: TestIdentity,
-                  test_secrets: Any) -> Callable[..., Settings]:
+def make_settings(
+    database_url: str, kafka: Any, identity: TestIdentity, test_secrets: Any
+) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
             "database_url": database_url,
@@ -63,8 +64,13 @@ def log_lines(caplog: pytest.LogCaptureFixture) -> Iterator[io.StringIO]:
 
 @pytest.fixture
 async def make_service(
-    make_settings: Callable[..., Settings], identity: TestIdentity, kafka: Any, database_url: str,
-    log_lines: io.StringIO, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str],
+    make_settings: Callable[..., Settings],
+    identity: TestIdentity,
+    kafka: Any,
+    database_url: str,
+    log_lines: io.StringIO,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
 ) -> AsyncIterator[Callable[..., Any]]:
     """Start token-issuer runtimes (several may share the database). At the end: no code any
     of them handed out appears in a log record, a JSON log line, stdout or stderr."""
@@ -92,8 +98,13 @@ async def make_service(
     assert records  # the capture works
     for n, record in enumerate(records):
         texts[f"log record {n} ({record.name})"] = record.getMessage() + repr(vars(record))
-    leaks = [where for where, text in texts.items()
-             for code in codes for form in code_forms(code) if form in text]
+    leaks = [
+        where
+        for where, text in texts.items()
+        for code in codes
+        for form in code_forms(code)
+        if form in text
+    ]
     assert not leaks, f"an authorisation code reached: {leaks}"
     assert len(texts["json log lines"]) > 0  # the capture works
 

@@ -41,8 +41,11 @@ class Authenticator:
             metrics.AUTH_REFUSED.labels("invalid").inc()
             # InvalidToken messages name the failure kind only, never the token.
             log.info("bearer token refused", extra={"reason": str(exc)[:100]})
-            raise Problem(401, "the bearer token is not valid",
-                          headers={"WWW-Authenticate": 'Bearer error="invalid_token"'}) from None
+            raise Problem(
+                401,
+                "the bearer token is not valid",
+                headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+            ) from None
         await self.issuer.record_principal(principal)
         return principal
 
@@ -70,12 +73,20 @@ NO_STORE = {"Cache-Control": "no-store"}
 
 def _problems(*statuses: int) -> dict[int | str, dict[str, object]]:
     """OpenAPI entries for the RFC 9457 problems a route may answer."""
-    meaning = {401: "missing or invalid bearer token", 403: "view-only caller",
-               404: "no such scanner visible to the caller", 409: "no active token",
-               422: "malformed request or unsuitable recipient"}
-    return {s: {"description": meaning[s],
-                "content": {"application/problem+json": {"schema": {"type": "object"}}}}
-            for s in (401, *statuses)}
+    meaning = {
+        401: "missing or invalid bearer token",
+        403: "view-only caller",
+        404: "no such scanner visible to the caller",
+        409: "no active token",
+        422: "malformed request or unsuitable recipient",
+    }
+    return {
+        s: {
+            "description": meaning[s],
+            "content": {"application/problem+json": {"schema": {"type": "object"}}},
+        }
+        for s in (401, *statuses)
+    }
 
 
 # ------------------------------------------------------------------------------------ bodies
@@ -93,9 +104,16 @@ class TokenOut(BaseModel):
 
     @classmethod
     def of(cls, view: TokenView) -> TokenOut:
-        return cls(token_id=view.token_id, scanner_id=view.scanner_id, code=view.code,
-                   status=view.status, issued_at=view.issued_at, issued_by=view.issued_by,
-                   expires_at=view.expires_at, redeemed_at=view.redeemed_at)
+        return cls(
+            token_id=view.token_id,
+            scanner_id=view.scanner_id,
+            code=view.code,
+            status=view.status,
+            issued_at=view.issued_at,
+            issued_by=view.issued_by,
+            expires_at=view.expires_at,
+            redeemed_at=view.redeemed_at,
+        )
 
 
 class ScannerOut(BaseModel):
@@ -166,36 +184,53 @@ async def list_scanners(caller: Caller, service: Service) -> list[ScannerOut]:
     return [ScannerOut(**asdict(s)) for s in await service.list_scanners(caller)]
 
 
-@router.post("/scanners/{scanner_id}/authorisation-token", status_code=201,
-             response_model=TokenOut, responses=_problems(403, 404))
-async def generate_token(scanner_id: ScannerId, caller: Caller, service: Service,
-                         response: Response) -> TokenOut:
+@router.post(
+    "/scanners/{scanner_id}/authorisation-token",
+    status_code=201,
+    response_model=TokenOut,
+    responses=_problems(403, 404),
+)
+async def generate_token(
+    scanner_id: ScannerId, caller: Caller, service: Service, response: Response
+) -> TokenOut:
     """Generate a new code (manage). Supersedes the active one."""
     response.headers.update(NO_STORE)
     return TokenOut.of(await service.generate(caller, scanner_id))
 
 
-@router.get("/scanners/{scanner_id}/authorisation-token", response_model=TokenOut,
-            responses=_problems(404))
-async def get_token(scanner_id: ScannerId, caller: Caller, service: Service,
-                    response: Response) -> TokenOut:
+@router.get(
+    "/scanners/{scanner_id}/authorisation-token", response_model=TokenOut, responses=_problems(404)
+)
+async def get_token(
+    scanner_id: ScannerId, caller: Caller, service: Service, response: Response
+) -> TokenOut:
     """The latest token (view); its code only while active."""
     response.headers.update(NO_STORE)
     return TokenOut.of(await service.latest_token(caller, scanner_id))
 
 
-@router.delete("/scanners/{scanner_id}/authorisation-token", status_code=204,
-               response_class=Response, responses=_problems(403, 404))
+@router.delete(
+    "/scanners/{scanner_id}/authorisation-token",
+    status_code=204,
+    response_class=Response,
+    responses=_problems(403, 404),
+)
 async def revoke_token(scanner_id: ScannerId, caller: Caller, service: Service) -> Response:
     """Revoke the active token (manage). 204 also when there is none."""
     await service.revoke(caller, scanner_id)
     return Response(status_code=204)
 
 
-@router.post("/scanners/{scanner_id}/authorisation-token/email", status_code=202,
-             response_model=EmailAccepted, responses=_problems(403, 404, 409, 422))
+@router.post(
+    "/scanners/{scanner_id}/authorisation-token/email",
+    status_code=202,
+    response_model=EmailAccepted,
+    responses=_problems(403, 404, 409, 422),
+)
 async def email_token(
-    scanner_id: ScannerId, caller: Caller, service: Service,
+    scanner_id: ScannerId,
+    caller: Caller,
+    service: Service,
     body: Annotated[EmailRequest | None, Body()] = None,
 ) -> EmailAccepted:
     """Email the active code to oneself (view) or to another user who can view it (manage)."""
@@ -203,26 +238,41 @@ async def email_token(
     return EmailAccepted(notification_id=await service.email_code(caller, scanner_id, recipient))
 
 
-@router.get("/scanners/{scanner_id}/users", response_model=list[UserOut],
-            responses=_problems(403, 404))
+@router.get(
+    "/scanners/{scanner_id}/users", response_model=list[UserOut], responses=_problems(403, 404)
+)
 async def list_users(scanner_id: ScannerId, caller: Caller, service: Service) -> list[UserOut]:
     """Users who can view the scanner (manage), to choose a recipient."""
-    return [UserOut(user_id=v.user_id, display_name=v.display_name, email=v.email)
-            for v in await service.viewers(caller, scanner_id)]
+    return [
+        UserOut(user_id=v.user_id, display_name=v.display_name, email=v.email)
+        for v in await service.viewers(caller, scanner_id)
+    ]
 
 
-@router.get("/scanners/{scanner_id}/authorisation", response_model=AuthorisationOut,
-            responses=_problems(404))
-async def get_authorisation(scanner_id: ScannerId, caller: Caller,
-                            service: Service) -> AuthorisationOut:
+@router.get(
+    "/scanners/{scanner_id}/authorisation",
+    response_model=AuthorisationOut,
+    responses=_problems(404),
+)
+async def get_authorisation(
+    scanner_id: ScannerId, caller: Caller, service: Service
+) -> AuthorisationOut:
     """Whether the scanner is authorised (view)."""
     view = await service.authorisation(caller, scanner_id)
-    return AuthorisationOut(status=view.status, authorised_at=view.authorised_at,
-                            credential_id=view.credential_id, serial_number=view.serial_number)
+    return AuthorisationOut(
+        status=view.status,
+        authorised_at=view.authorised_at,
+        credential_id=view.credential_id,
+        serial_number=view.serial_number,
+    )
 
 
-@router.delete("/scanners/{scanner_id}/authorisation", status_code=204, response_class=Response,
-               responses=_problems(403, 404))
+@router.delete(
+    "/scanners/{scanner_id}/authorisation",
+    status_code=204,
+    response_class=Response,
+    responses=_problems(403, 404),
+)
 async def deauthorise(scanner_id: ScannerId, caller: Caller, service: Service) -> Response:
     """Deauthorise the scanner (manage): its credentials stop working."""
     await service.deauthorise(caller, scanner_id)

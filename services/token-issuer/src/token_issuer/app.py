@@ -44,8 +44,9 @@ def build(settings: Settings) -> ServiceRuntime:
         public_key_pem=settings.auth_public_key_pem,
         jwks_url=settings.auth_jwks_url,
     )
-    app = fastapi_app(runtime, title="scanner-auth token-issuer", description=DESCRIPTION,
-                      routers=[api.router])
+    app = fastapi_app(
+        runtime, title="scanner-auth token-issuer", description=DESCRIPTION, routers=[api.router]
+    )
     api.install(app, issuer=issuer, authenticator=api.Authenticator(verifier, issuer))
     ui.mount(app, settings)  # the reference web page at /ui/
     return runtime

@@ -11,7 +11,10 @@ from .handlers import AUTHORISATIONS_CONSUMER, DIRECTORY_CONSUMER, SERVICE, Toke
 from .settings import Settings
 
 DIRECTORY_TYPES = {
-    "ScannerRegistered", "ScannerRemoved", "UserUpserted", "ScannerAccessGranted",
+    "ScannerRegistered",
+    "ScannerRemoved",
+    "UserUpserted",
+    "ScannerAccessGranted",
     "ScannerAccessRevoked",
 }
 AUTHORISATION_TYPES = {"ScannerAuthorised", "CredentialRotated"}
@@ -19,14 +22,22 @@ AUTHORISATION_TYPES = {"ScannerAuthorised", "CredentialRotated"}
 
 def subscribe(broker: KafkaBroker, settings: Settings, issuer: TokenIssuer) -> None:
     subscribe_events(
-        broker, settings, topic=DIRECTORY_TOPIC, consumer=DIRECTORY_CONSUMER,
-        group_id=f"scanner-auth.{SERVICE}.directory", handler=issuer.apply_directory_event,
+        broker,
+        settings,
+        topic=DIRECTORY_TOPIC,
+        consumer=DIRECTORY_CONSUMER,
+        group_id=f"scanner-auth.{SERVICE}.directory",
+        handler=issuer.apply_directory_event,
         types=DIRECTORY_TYPES,
         description="The directory view: scanners, users and access grants.",
     )
     subscribe_events(
-        broker, settings, topic=PUBLIC_TOPIC, consumer=AUTHORISATIONS_CONSUMER,
+        broker,
+        settings,
+        topic=PUBLIC_TOPIC,
+        consumer=AUTHORISATIONS_CONSUMER,
         group_id=f"scanner-auth.{SERVICE}.authorisations",
-        handler=issuer.apply_authorisation_event, types=AUTHORISATION_TYPES,
+        handler=issuer.apply_authorisation_event,
+        types=AUTHORISATION_TYPES,
         description="The authorisation view: redeemed tokens, authorised scanners, credentials.",
     )

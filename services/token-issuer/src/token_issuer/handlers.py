@@ -132,16 +132,23 @@ class TokenIssuer:
     # ---------------------------------------------------------------- access
 
     async def _scanner(
-        self, session: AsyncSession, principal: Principal, scanner_id: str, *, manage: bool,
+        self,
+        session: AsyncSession,
+        principal: Principal,
+        scanner_id: str,
+        *,
+        manage: bool,
         lock: bool,
     ) -> tuple[ScannerRow, str, Access]:
         """The scanner, its organisation and the caller's access to it; ScannerNotFound (404)
         or ManageForbidden (403) when the policy refuses. With `lock`, the scanner's row stays
         locked until the transaction ends: required before writing events for it."""
-        scanner, granted = await repo.scanner_with_grant(session, scanner_id, principal.user_id,
-                                                         lock=lock)
+        scanner, granted = await repo.scanner_with_grant(
+            session, scanner_id, principal.user_id, lock=lock
+        )
         access = (
-            NO_ACCESS if scanner is None or not scanner.visible or scanner.org_id is None
+            NO_ACCESS
+            if scanner is None or not scanner.visible or scanner.org_id is None
             else domain.access_to(principal, scanner.org_id, has_grant=granted)
         )
         try:
@@ -171,8 +178,12 @@ class TokenIssuer:
         try:
             async with self.db.transaction() as session:
                 await repo.record_principal(
-                    session, user_id=principal.user_id, org_id=principal.org_id,
-                    roles=sorted(principal.roles), email=principal.email, at=self.clock(),
+                    session,
+                    user_id=principal.user_id,
+                    org_id=principal.org_id,
+                    roles=sorted(principal.roles),
+                    email=principal.email,
+                    at=self.clock(),
                 )
         except Exception:
             self._recorded.pop(principal.user_id, None)
@@ -184,8 +195,11 @@ class TokenIssuer:
         now = self.clock()
         async with self.db.transaction() as session:
             rows = await repo.candidate_scanners(
-                session, user_id=principal.user_id, org_id=principal.org_id,
-                support=principal.is_support, admin=principal.is_admin,
+                session,
+                user_id=principal.user_id,
+                org_id=principal.org_id,
+                support=principal.is_support,
+                admin=principal.is_admin,
             )
         out: list[ScannerSummary] = []
         for row in rows:
@@ -194,22 +208,30 @@ class TokenIssuer:
                 continue
             status = (
                 domain.token_status(row["token_status"], row["token_expires_at"], now)
-                if row["token_status"] is not None else None
+                if row["token_status"] is not None
+                else None
             )
-            out.append(ScannerSummary(
-                scanner_id=row["scanner_id"], org_id=row["org_id"], name=row["name"],
-                serial_number=row["serial_number"], model=row["model"], token_status=status,
-                token_expires_at=row["token_expires_at"],
-                authorisation_status="authorised" if row["authorised"] else "unauthorised",
-                authorised_at=row["authorised_at"] if row["authorised"] else None,
-                can_manage=access.can_manage,
-            ))
+            out.append(
+                ScannerSummary(
+                    scanner_id=row["scanner_id"],
+                    org_id=row["org_id"],
+                    name=row["name"],
+                    serial_number=row["serial_number"],
+                    model=row["model"],
+                    token_status=status,
+                    token_expires_at=row["token_expires_at"],
+                    authorisation_status="authorised" if row["authorised"] else "unauthorised",
+                    authorised_at=row["authorised_at"] if row["authorised"] else None,
+                    can_manage=access.can_manage,
+                )
+            )
         return out
 
     async def viewers(self, principal: Principal, scanner_id: str) -> list[Viewer]:
         async with self.db.transaction() as session:
-            _, org_id, _ = await self._scanner(session, principal, scanner_id, manage=True,
-                                              lock=False)
+            _, org_id, _ = await self._scanner(
+                session, principal, scanner_id, manage=True, lock=False
+            )
             people = await repo.people_around(session, scanner_id, org_id)
         return [
             Viewer(user_id=p.user_id, display_name=p.display_name, email=p.email)
@@ -226,29 +248,50 @@ class TokenIssuer:
         digest = crypto.code_digest(self._pepper, crypto.normalise_code(code))
         async with self.db.transaction() as session:
             now = self.clock()
-            _, org_id, _ = await self._scanner(session, principal, scanner_id, manage=True,
-                                               lock=True)
+            _, org_id, _ = await self._scanner(
+                session, principal, scanner_id, manage=True, lock=True
+            )
             await self._end_active_token(
                 session, scanner_id, now, by=principal.user_id, reason="superseded"
             )
             expires_at = domain.expiry_for(now, self.ttl_seconds)
             # The token and its audit row in one statement (one round trip fewer per issue).
             await repo.insert_generated_token(
-                session, token_id=token_id, scanner_id=scanner_id, org_id=org_id,
-                code_ciphertext=sealed_at_rest, code_digest=digest, issued_at=now,
-                issued_by=principal.user_id, actor_org_id=principal.org_id,
+                session,
+                token_id=token_id,
+                scanner_id=scanner_id,
+                org_id=org_id,
+                code_ciphertext=sealed_at_rest,
+                code_digest=digest,
+                issued_at=now,
+                issued_by=principal.user_id,
+                actor_org_id=principal.org_id,
                 expires_at=expires_at,
             )
-            await self._emit(session, TokenIssued(
-                token_id=token_id, scanner_id=scanner_id, org_id=org_id,
-                issued_by=principal.user_id, issued_at=now, expires_at=expires_at,
-                code_digest=digest,
-            ))
+            await self._emit(
+                session,
+                TokenIssued(
+                    token_id=token_id,
+                    scanner_id=scanner_id,
+                    org_id=org_id,
+                    issued_by=principal.user_id,
+                    issued_at=now,
+                    expires_at=expires_at,
+                    code_digest=digest,
+                ),
+            )
         metrics.TOKENS_ISSUED.inc()
         self._audit_line(principal, "generated", scanner_id, token_id=token_id)
-        return TokenView(token_id=token_id, scanner_id=scanner_id, code=code, status=ACTIVE,
-                         issued_at=now, issued_by=principal.user_id, expires_at=expires_at,
-                         redeemed_at=None)
+        return TokenView(
+            token_id=token_id,
+            scanner_id=scanner_id,
+            code=code,
+            status=ACTIVE,
+            issued_at=now,
+            issued_by=principal.user_id,
+            expires_at=expires_at,
+            redeemed_at=None,
+        )
 
     async def latest_token(self, principal: Principal, scanner_id: str) -> TokenView:
         async with self.db.transaction() as session:
@@ -260,14 +303,22 @@ class TokenIssuer:
             status = domain.token_status(token.status, token.expires_at, now)
             code = self._open_code(token) if status == ACTIVE else None
             if code is not None:
-                await self._audit(session, principal, "viewed_code", scanner_id, now,
-                                  token_id=token.token_id)
+                await self._audit(
+                    session, principal, "viewed_code", scanner_id, now, token_id=token.token_id
+                )
         if code is not None:
             metrics.CODES_VIEWED.inc()
             self._audit_line(principal, "viewed_code", scanner_id, token_id=token.token_id)
-        return TokenView(token_id=token.token_id, scanner_id=token.scanner_id, code=code,
-                         status=status, issued_at=token.issued_at, issued_by=token.issued_by,
-                         expires_at=token.expires_at, redeemed_at=token.redeemed_at)
+        return TokenView(
+            token_id=token.token_id,
+            scanner_id=token.scanner_id,
+            code=code,
+            status=status,
+            issued_at=token.issued_at,
+            issued_by=token.issued_by,
+            expires_at=token.expires_at,
+            redeemed_at=token.redeemed_at,
+        )
 
     async def revoke(self, principal: Principal, scanner_id: str) -> None:
         """Revoke the active token, if there is one (idempotent: none is fine)."""
@@ -278,8 +329,7 @@ class TokenIssuer:
                 session, scanner_id, now, by=principal.user_id, reason="revoked"
             )
             if ended is not None and ended[1] == "revoked":
-                await self._audit(session, principal, "revoked", scanner_id, now,
-                                  token_id=ended[0])
+                await self._audit(session, principal, "revoked", scanner_id, now, token_id=ended[0])
         if ended is not None and ended[1] == "revoked":
             self._audit_line(principal, "revoked", scanner_id, token_id=ended[0])
 
@@ -305,19 +355,41 @@ class TokenIssuer:
             sealed = self._sealing_box.seal(
                 self._open_code(token), sealed_code_context(token.token_id)
             )
-            await self._emit(session, TokenEmailRequested(
-                notification_id=notification_id, token_id=token.token_id,
-                scanner_id=scanner_id, org_id=org_id, recipient_user_id=recipient_id,
-                recipient_email=email, requested_by=principal.user_id,
-                expires_at=token.expires_at, scanner_name=scanner.name,
-                serial_number=scanner.serial_number or "", sealed_code=sealed,
-            ))
-            await self._audit(session, principal, "emailed", scanner_id, now,
-                              token_id=token.token_id, recipient_user_id=recipient_id,
-                              notification_id=notification_id)
+            await self._emit(
+                session,
+                TokenEmailRequested(
+                    notification_id=notification_id,
+                    token_id=token.token_id,
+                    scanner_id=scanner_id,
+                    org_id=org_id,
+                    recipient_user_id=recipient_id,
+                    recipient_email=email,
+                    requested_by=principal.user_id,
+                    expires_at=token.expires_at,
+                    scanner_name=scanner.name,
+                    serial_number=scanner.serial_number or "",
+                    sealed_code=sealed,
+                ),
+            )
+            await self._audit(
+                session,
+                principal,
+                "emailed",
+                scanner_id,
+                now,
+                token_id=token.token_id,
+                recipient_user_id=recipient_id,
+                notification_id=notification_id,
+            )
         metrics.CODE_EMAILS_REQUESTED.inc()
-        self._audit_line(principal, "emailed", scanner_id, token_id=token.token_id,
-                         recipient_user_id=recipient_id, notification_id=notification_id)
+        self._audit_line(
+            principal,
+            "emailed",
+            scanner_id,
+            token_id=token.token_id,
+            recipient_user_id=recipient_id,
+            notification_id=notification_id,
+        )
         return notification_id
 
     def _open_code(self, token: TokenRow) -> str:
@@ -325,7 +397,12 @@ class TokenIssuer:
         return self._code_box.open_bytes(token.code_ciphertext, stored_code_context(token.token_id))
 
     async def _end_active_token(
-        self, session: AsyncSession, scanner_id: str, now: datetime, *, by: str,
+        self,
+        session: AsyncSession,
+        scanner_id: str,
+        now: datetime,
+        *,
+        by: str,
         reason: str,
     ) -> tuple[str, str] | None:
         """End the scanner's active token (its row must be locked): revoked with `reason`, or
@@ -341,54 +418,87 @@ class TokenIssuer:
             return token.token_id, EXPIRED
         if not await repo.revoke_token(session, token.token_id, at=now, by=by, reason=reason):
             return None
-        await self._emit(session, TokenRevoked(
-            token_id=token.token_id, scanner_id=scanner_id, org_id=token.org_id, revoked_by=by,
-            reason="superseded" if reason == "superseded" else "revoked", revoked_at=now,
-        ))
+        await self._emit(
+            session,
+            TokenRevoked(
+                token_id=token.token_id,
+                scanner_id=scanner_id,
+                org_id=token.org_id,
+                revoked_by=by,
+                reason="superseded" if reason == "superseded" else "revoked",
+                revoked_at=now,
+            ),
+        )
         metrics.TOKENS_ENDED.labels(reason).inc()
         return token.token_id, "revoked"
 
     async def _emit_expired(self, session: AsyncSession, expired: repo.ExpiredToken) -> None:
-        await self._emit(session, TokenExpired(
-            token_id=expired.token_id, scanner_id=expired.scanner_id, org_id=expired.org_id,
-            expired_at=expired.expires_at,
-        ))
+        await self._emit(
+            session,
+            TokenExpired(
+                token_id=expired.token_id,
+                scanner_id=expired.scanner_id,
+                org_id=expired.org_id,
+                expired_at=expired.expires_at,
+            ),
+        )
         metrics.TOKENS_ENDED.labels("expired").inc()
 
     # ---------------------------------------------------------------- authorisation
 
     async def authorisation(self, principal: Principal, scanner_id: str) -> AuthorisationView:
         async with self.db.transaction() as session:
-            scanner, _, _ = await self._scanner(session, principal, scanner_id, manage=False,
-                                                lock=False)
+            scanner, _, _ = await self._scanner(
+                session, principal, scanner_id, manage=False, lock=False
+            )
         if not scanner.authorised:
             return AuthorisationView("unauthorised", None, None, None)
-        return AuthorisationView("authorised", scanner.authorised_at, scanner.credential_id,
-                                 scanner.authorised_serial_number)
+        return AuthorisationView(
+            "authorised",
+            scanner.authorised_at,
+            scanner.credential_id,
+            scanner.authorised_serial_number,
+        )
 
     async def deauthorise(self, principal: Principal, scanner_id: str) -> None:
         """Withdraw the scanner's authorisation. Always emits ScannerDeauthorised: this view may
         lag a redemption, so it fails closed."""
         async with self.db.transaction() as session:
             now = self.clock()
-            scanner, org_id, _ = await self._scanner(session, principal, scanner_id, manage=True,
-                                                     lock=True)
-            await self._deauthorise(session, scanner, org_id, now, by=principal.user_id,
-                                    reason="deauthorised")
+            scanner, org_id, _ = await self._scanner(
+                session, principal, scanner_id, manage=True, lock=True
+            )
+            await self._deauthorise(
+                session, scanner, org_id, now, by=principal.user_id, reason="deauthorised"
+            )
             await self._audit(session, principal, "deauthorised", scanner_id, now)
         self._audit_line(principal, "deauthorised", scanner_id)
 
     async def _deauthorise(
-        self, session: AsyncSession, scanner: ScannerRow, org_id: str, now: datetime, *,
-        by: str, reason: str, credential_id: str | None = None,
+        self,
+        session: AsyncSession,
+        scanner: ScannerRow,
+        org_id: str,
+        now: datetime,
+        *,
+        by: str,
+        reason: str,
+        credential_id: str | None = None,
     ) -> None:
         if credential_id is None and scanner.authorised:
             credential_id = scanner.credential_id
         await repo.set_deauthorised(session, scanner.scanner_id, now)
-        await self._emit(session, ScannerDeauthorised(
-            scanner_id=scanner.scanner_id, org_id=org_id, credential_id=credential_id,
-            deauthorised_by=by, reason=reason, deauthorised_at=now,
-        ))
+        await self._emit(
+            session,
+            ScannerDeauthorised(
+                scanner_id=scanner.scanner_id,
+                org_id=org_id,
+                credential_id=credential_id,
+                deauthorised_by=by,
+                reason=reason,
+                deauthorised_at=now,
+            ),
+        )
         metrics.DEAUTHORISATIONS.labels(reason).inc()
 
     # ---------------------------------------------------------------- expiry
@@ -430,14 +540,23 @@ class TokenIssuer:
                 return
             if isinstance(data, ScannerRegistered):
                 await repo.upsert_scanner(
-                    session, scanner_id=data.scanner_id, org_id=data.org_id,
-                    serial_number=data.serial_number, name=data.name, model=data.model,
+                    session,
+                    scanner_id=data.scanner_id,
+                    org_id=data.org_id,
+                    serial_number=data.serial_number,
+                    name=data.name,
+                    model=data.model,
                 )
             elif isinstance(data, ScannerRemoved):
                 await self._scanner_removed(session, data.scanner_id)
             elif isinstance(data, UserUpserted):
-                await repo.upsert_user(session, user_id=data.user_id, org_id=data.org_id,
-                                       email=data.email, display_name=data.display_name)
+                await repo.upsert_user(
+                    session,
+                    user_id=data.user_id,
+                    org_id=data.org_id,
+                    email=data.email,
+                    display_name=data.display_name,
+                )
             elif isinstance(data, ScannerAccessGranted):
                 await repo.add_grant(session, data.scanner_id, data.user_id)
             elif isinstance(data, ScannerAccessRevoked):
@@ -449,11 +568,11 @@ class TokenIssuer:
             return  # unknown or already removed: nothing to do
         now = self.clock()
         await repo.mark_removed(session, scanner_id, now)
-        await self._end_active_token(session, scanner_id, now, by=DIRECTORY_ACTOR,
-                                     reason="revoked")
+        await self._end_active_token(session, scanner_id, now, by=DIRECTORY_ACTOR, reason="revoked")
         if scanner.authorised and scanner.org_id is not None:
-            await self._deauthorise(session, scanner, scanner.org_id, now,
-                                    by=DIRECTORY_ACTOR, reason="scanner_removed")
+            await self._deauthorise(
+                session, scanner, scanner.org_id, now, by=DIRECTORY_ACTOR, reason="scanner_removed"
+            )
         log.info("scanner removed", extra={"scanner_id": scanner_id})
 
     # ---------------------------------------------------------------- authorisation view
@@ -486,21 +605,32 @@ class TokenIssuer:
         ):
             metrics.TOKENS_ENDED.labels("redeemed").inc()
         fresh = domain.authorisation_applies(
-            data.authorised_at, current_authorised_at=scanner.authorised_at if scanner.authorised
-            else None, deauthorised_at=scanner.deauthorised_at,
+            data.authorised_at,
+            current_authorised_at=scanner.authorised_at if scanner.authorised else None,
+            deauthorised_at=scanner.deauthorised_at,
         )
         if not fresh:
             return
         if scanner.removed_at is not None:
             # Authorised after the directory removed it (the redeemer had not heard yet):
             # fail closed, the new credential must not work.
-            await self._deauthorise(session, scanner, scanner.org_id or data.org_id,
-                                    self.clock(), by=DIRECTORY_ACTOR, reason="scanner_removed",
-                                    credential_id=data.credential_id)
+            await self._deauthorise(
+                session,
+                scanner,
+                scanner.org_id or data.org_id,
+                self.clock(),
+                by=DIRECTORY_ACTOR,
+                reason="scanner_removed",
+                credential_id=data.credential_id,
+            )
             return
-        await repo.set_authorised(session, data.scanner_id, at=data.authorised_at,
-                                  credential_id=data.credential_id,
-                                  serial_number=data.serial_number)
+        await repo.set_authorised(
+            session,
+            data.scanner_id,
+            at=data.authorised_at,
+            credential_id=data.credential_id,
+            serial_number=data.serial_number,
+        )
 
     # ---------------------------------------------------------------- plumbing
 
@@ -510,26 +640,48 @@ class TokenIssuer:
 
     @staticmethod
     async def _audit(
-        session: AsyncSession, principal: Principal, action: AuditAction, scanner_id: str,
-        at: datetime, *, token_id: str | None = None, recipient_user_id: str | None = None,
+        session: AsyncSession,
+        principal: Principal,
+        action: AuditAction,
+        scanner_id: str,
+        at: datetime,
+        *,
+        token_id: str | None = None,
+        recipient_user_id: str | None = None,
         notification_id: str | None = None,
     ) -> None:
-        await repo.audit(session, at=at, actor_user_id=principal.user_id,
-                         actor_org_id=principal.org_id, action=action, scanner_id=scanner_id,
-                         token_id=token_id, recipient_user_id=recipient_user_id,
-                         notification_id=notification_id)
+        await repo.audit(
+            session,
+            at=at,
+            actor_user_id=principal.user_id,
+            actor_org_id=principal.org_id,
+            action=action,
+            scanner_id=scanner_id,
+            token_id=token_id,
+            recipient_user_id=recipient_user_id,
+            notification_id=notification_id,
+        )
 
     @staticmethod
     def _audit_line(
-        principal: Principal, action: AuditAction, scanner_id: str, *,
-        token_id: str | None = None, recipient_user_id: str | None = None,
+        principal: Principal,
+        action: AuditAction,
+        scanner_id: str,
+        *,
+        token_id: str | None = None,
+        recipient_user_id: str | None = None,
         notification_id: str | None = None,
     ) -> None:
         audit_log.info(
-            "audit %s", action,
-            extra={"audit_action": action, "actor_user_id": principal.user_id,
-                   "actor_org_id": principal.org_id, "scanner_id": scanner_id,
-                   "token_id": token_id, "recipient_user_id": recipient_user_id,
-                   "notification_id": notification_id},
+            "audit %s",
+            action,
+            extra={
+                "audit_action": action,
+                "actor_user_id": principal.user_id,
+                "actor_org_id": principal.org_id,
+                "scanner_id": scanner_id,
+                "token_id": token_id,
+                "recipient_user_id": recipient_user_id,
+                "notification_id": notification_id,
+            },
         )
-

@@ -61,8 +61,11 @@ async def scanner_with_grant(
     `lock`, the row is locked like `lock_scanner` does (FOR UPDATE, until the transaction
     ends). A detached row: read its fields, never write through it."""
     statement = _SCANNER_WITH_GRANT_LOCKED if lock else _SCANNER_WITH_GRANT_READ
-    row = (await run(session, statement, {"scanner_id": scanner_id, "user_id": user_id})
-           ).mappings().first()
+    row = (
+        (await run(session, statement, {"scanner_id": scanner_id, "user_id": user_id}))
+        .mappings()
+        .first()
+    )
     if row is None:
         return None, False
     fields = dict(row)
@@ -122,13 +125,25 @@ _UPSERT_SCANNER = text(
 
 
 async def upsert_scanner(
-    session: AsyncSession, *, scanner_id: str, org_id: str, serial_number: str, name: str,
+    session: AsyncSession,
+    *,
+    scanner_id: str,
+    org_id: str,
+    serial_number: str,
+    name: str,
     model: str,
 ) -> None:
-    await run(session, _UPSERT_SCANNER, {
-        "scanner_id": scanner_id, "org_id": org_id, "serial_number": serial_number,
-        "name": name, "model": model,
-    })
+    await run(
+        session,
+        _UPSERT_SCANNER,
+        {
+            "scanner_id": scanner_id,
+            "org_id": org_id,
+            "serial_number": serial_number,
+            "name": name,
+            "model": model,
+        },
+    )
 
 
 _PLACEHOLDER = text(
@@ -161,13 +176,23 @@ _AUTHORISE = text(
 
 
 async def set_authorised(
-    session: AsyncSession, scanner_id: str, *, at: datetime, credential_id: str,
+    session: AsyncSession,
+    scanner_id: str,
+    *,
+    at: datetime,
+    credential_id: str,
     serial_number: str,
 ) -> None:
-    await run(session, _AUTHORISE, {
-        "scanner_id": scanner_id, "at": at, "credential_id": credential_id,
-        "serial_number": serial_number,
-    })
+    await run(
+        session,
+        _AUTHORISE,
+        {
+            "scanner_id": scanner_id,
+            "at": at,
+            "credential_id": credential_id,
+            "serial_number": serial_number,
+        },
+    )
 
 
 _SET_CREDENTIAL = text(
@@ -200,27 +225,37 @@ async def set_deauthorised(session: AsyncSession, scanner_id: str, at: datetime)
 async def upsert_user(
     session: AsyncSession, *, user_id: str, org_id: str, email: str, display_name: str
 ) -> None:
-    await run(session, text(
-        """
+    await run(
+        session,
+        text(
+            """
         INSERT INTO users (user_id, org_id, email, display_name, updated_at)
         VALUES (:user_id, :org_id, :email, :display_name, now())
         ON CONFLICT (user_id) DO UPDATE SET org_id = EXCLUDED.org_id, email = EXCLUDED.email,
             display_name = EXCLUDED.display_name, updated_at = now()
         """
-    ), {"user_id": user_id, "org_id": org_id, "email": email, "display_name": display_name})
+        ),
+        {"user_id": user_id, "org_id": org_id, "email": email, "display_name": display_name},
+    )
 
 
 async def add_grant(session: AsyncSession, scanner_id: str, user_id: str) -> None:
-    await run(session, text(
-        "INSERT INTO access_grants (scanner_id, user_id) VALUES (:scanner_id, :user_id) "
-        "ON CONFLICT DO NOTHING"
-    ), {"scanner_id": scanner_id, "user_id": user_id})
+    await run(
+        session,
+        text(
+            "INSERT INTO access_grants (scanner_id, user_id) VALUES (:scanner_id, :user_id) "
+            "ON CONFLICT DO NOTHING"
+        ),
+        {"scanner_id": scanner_id, "user_id": user_id},
+    )
 
 
 async def remove_grant(session: AsyncSession, scanner_id: str, user_id: str) -> None:
-    await run(session, text(
-        "DELETE FROM access_grants WHERE scanner_id = :scanner_id AND user_id = :user_id"
-    ), {"scanner_id": scanner_id, "user_id": user_id})
+    await run(
+        session,
+        text("DELETE FROM access_grants WHERE scanner_id = :scanner_id AND user_id = :user_id"),
+        {"scanner_id": scanner_id, "user_id": user_id},
+    )
 
 
 _RECORD_PRINCIPAL = text(
@@ -235,12 +270,25 @@ _RECORD_PRINCIPAL = text(
 
 
 async def record_principal(
-    session: AsyncSession, *, user_id: str, org_id: str, roles: list[str], email: str | None,
+    session: AsyncSession,
+    *,
+    user_id: str,
+    org_id: str,
+    roles: list[str],
+    email: str | None,
     at: datetime,
 ) -> None:
-    await run(session, _RECORD_PRINCIPAL, {
-        "user_id": user_id, "org_id": org_id, "roles": roles, "email": email, "at": at,
-    })
+    await run(
+        session,
+        _RECORD_PRINCIPAL,
+        {
+            "user_id": user_id,
+            "org_id": org_id,
+            "roles": roles,
+            "email": email,
+            "at": at,
+        },
+    )
 
 
 def _person(
@@ -250,16 +298,22 @@ def _person(
     seen_as_admin = seen is not None and "admin" in seen.roles and seen.org_id == org_id
     email = (user.email if user is not None else None) or (seen.email if seen else None)
     display_name = (user.display_name if user is not None else "") or (email or "")
-    return Person(user_id=user_id, org_id=org_id, display_name=display_name, email=email,
-                  has_grant=granted, seen_as_admin=seen_as_admin)
+    return Person(
+        user_id=user_id,
+        org_id=org_id,
+        display_name=display_name,
+        email=email,
+        has_grant=granted,
+        seen_as_admin=seen_as_admin,
+    )
 
 
 async def person(session: AsyncSession, user_id: str, scanner_id: str) -> Person | None:
     """What this service knows of a user, relative to one scanner; None if nothing."""
     user = (await session.exec(select(UserRow).where(col(UserRow.user_id) == user_id))).first()
-    seen = (await session.exec(
-        select(PrincipalSeenRow).where(col(PrincipalSeenRow.user_id) == user_id)
-    )).first()
+    seen = (
+        await session.exec(select(PrincipalSeenRow).where(col(PrincipalSeenRow.user_id) == user_id))
+    ).first()
     if user is None and seen is None:
         return None
     return _person(user_id, user, seen, await has_grant(session, scanner_id, user_id))
@@ -268,20 +322,28 @@ async def person(session: AsyncSession, user_id: str, scanner_id: str) -> Person
 async def people_around(session: AsyncSession, scanner_id: str, org_id: str) -> list[Person]:
     """Users who might view the scanner: those with a grant on it, and those seen in its
     organisation. `domain.person_can_view` decides which of them really can."""
-    granted = set((await session.exec(
-        select(GrantRow.user_id).where(col(GrantRow.scanner_id) == scanner_id)
-    )).all())
-    seen_rows = (await session.exec(
-        select(PrincipalSeenRow).where(col(PrincipalSeenRow.org_id) == org_id)
-    )).all()
+    granted = set(
+        (
+            await session.exec(
+                select(GrantRow.user_id).where(col(GrantRow.scanner_id) == scanner_id)
+            )
+        ).all()
+    )
+    seen_rows = (
+        await session.exec(select(PrincipalSeenRow).where(col(PrincipalSeenRow.org_id) == org_id))
+    ).all()
     seen = {row.user_id: row for row in seen_rows}
     ids = granted | set(seen)
-    users = {
-        row.user_id: row
-        for row in (await session.exec(
-            select(UserRow).where(col(UserRow.user_id).in_(sorted(ids)))
-        )).all()
-    } if ids else {}
+    users = (
+        {
+            row.user_id: row
+            for row in (
+                await session.exec(select(UserRow).where(col(UserRow.user_id).in_(sorted(ids))))
+            ).all()
+        }
+        if ids
+        else {}
+    )
     return [
         _person(user_id, users.get(user_id), seen.get(user_id), user_id in granted)
         for user_id in sorted(ids)
@@ -327,17 +389,35 @@ _INSERT_TOKEN_AUDITED = text(
 
 
 async def insert_generated_token(
-    session: AsyncSession, *, token_id: str, scanner_id: str, org_id: str,
-    code_ciphertext: bytes, code_digest: str, issued_at: datetime, issued_by: str,
-    actor_org_id: str | None, expires_at: datetime,
+    session: AsyncSession,
+    *,
+    token_id: str,
+    scanner_id: str,
+    org_id: str,
+    code_ciphertext: bytes,
+    code_digest: str,
+    issued_at: datetime,
+    issued_by: str,
+    actor_org_id: str | None,
+    expires_at: datetime,
 ) -> None:
     """A new active token and its `generated` audit row (what `audit` writes), in one round
     trip."""
-    await run(session, _INSERT_TOKEN_AUDITED, {
-        "token_id": token_id, "scanner_id": scanner_id, "org_id": org_id,
-        "code_ciphertext": code_ciphertext, "code_digest": code_digest, "issued_at": issued_at,
-        "issued_by": issued_by, "actor_org_id": actor_org_id, "expires_at": expires_at,
-    })
+    await run(
+        session,
+        _INSERT_TOKEN_AUDITED,
+        {
+            "token_id": token_id,
+            "scanner_id": scanner_id,
+            "org_id": org_id,
+            "code_ciphertext": code_ciphertext,
+            "code_digest": code_digest,
+            "issued_at": issued_at,
+            "issued_by": issued_by,
+            "actor_org_id": actor_org_id,
+            "expires_at": expires_at,
+        },
+    )
 
 
 _REVOKE = text(
@@ -353,8 +433,9 @@ _REVOKE = text(
 async def revoke_token(
     session: AsyncSession, token_id: str, *, at: datetime, by: str, reason: str
 ) -> bool:
-    result = await run(session, _REVOKE, {"token_id": token_id, "at": at, "by": by,
-                                          "reason": reason})
+    result = await run(
+        session, _REVOKE, {"token_id": token_id, "at": at, "by": by, "reason": reason}
+    )
     return result.first() is not None
 
 
@@ -423,12 +504,28 @@ _AUDIT = text(
 
 
 async def audit(
-    session: AsyncSession, *, at: datetime, actor_user_id: str, actor_org_id: str | None,
-    action: str, scanner_id: str, token_id: str | None = None,
-    recipient_user_id: str | None = None, notification_id: str | None = None,
+    session: AsyncSession,
+    *,
+    at: datetime,
+    actor_user_id: str,
+    actor_org_id: str | None,
+    action: str,
+    scanner_id: str,
+    token_id: str | None = None,
+    recipient_user_id: str | None = None,
+    notification_id: str | None = None,
 ) -> None:
-    await run(session, _AUDIT, {
-        "at": at, "actor_user_id": actor_user_id, "actor_org_id": actor_org_id,
-        "action": action, "scanner_id": scanner_id, "token_id": token_id,
-        "recipient_user_id": recipient_user_id, "notification_id": notification_id,
-    })
+    await run(
+        session,
+        _AUDIT,
+        {
+            "at": at,
+            "actor_user_id": actor_user_id,
+            "actor_org_id": actor_org_id,
+            "action": action,
+            "scanner_id": scanner_id,
+            "token_id": token_id,
+            "recipient_user_id": recipient_user_id,
+            "notification_id": notification_id,
+        },
+    )
