@@ -1,5 +1,6 @@
-"""Fixtures of the token-issuer's tests: running services on real PostgreSQL and a real broker,
-a directory of two organisations, and a guard that no code ever reaches a log line."""
+"""Fixtures of the token-issuer's tests: the use cases in memory (unit), running services on real
+PostgreSQL and a real broker (integration), a directory of two organisations, and a guard that no
+code ever reaches a log line."""
 
 from __future__ import annotations
 
@@ -20,7 +21,21 @@ from token_issuer.settings import Settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from memory_world import World
 from token_issuer_support import Harness, code_forms, directory_of_two_orgs
+
+
+@pytest.fixture
+def world() -> World:
+    """The use cases over the memory fakes, with an empty directory."""
+    return World()
+
+
+@pytest.fixture
+async def orgs(world: World) -> World:
+    """`world` with the directory of two organisations applied."""
+    await world.apply(*directory_of_two_orgs())
+    return world
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ from typing import Any
 import asyncpg
 import httpx
 
-from scanner_auth_shared.db import asyncpg_dsn
 from scanner_auth_shared.events import (
     DIRECTORY_TOPIC,
     CloudEvent,
@@ -21,6 +20,7 @@ from scanner_auth_shared.events import (
     ScannerRegistered,
     UserUpserted,
 )
+from scanner_auth_shared.postgres import asyncpg_dsn
 from scanner_auth_shared.runtime import ServiceRuntime
 from scanner_auth_shared.testing.identity import TestIdentity
 from scanner_auth_shared.testing.kafka import publish_events
