@@ -17,7 +17,13 @@ from scanner_auth_shared.crypto import SecretBox
 from scanner_auth_shared.events import CloudEvent, EventData, new_event
 from token_issuer import consumers, handlers
 from token_issuer.adapters.memory import MemoryUnitOfWork, Store
-from token_issuer.domain import RecentPrincipals, TokenView
+from token_issuer.domain import (
+    AuthorisationView,
+    RecentPrincipals,
+    ScannerSummary,
+    TokenView,
+    Viewer,
+)
 
 T0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 TTL = 259200
@@ -125,6 +131,15 @@ class World:
     async def deauthorise(self, who: Who, scanner_id: str) -> None:
         command = handlers.Deauthorise(by=principal(who), scanner_id=scanner_id)
         await handlers.deauthorise(self.uow(), self.ctx, command)
+
+    async def list_for(self, who: Who) -> list[ScannerSummary]:
+        return await handlers.list_scanners(self.uow(), self.ctx, principal(who))
+
+    async def viewers(self, who: Who, scanner_id: str) -> list[Viewer]:
+        return await handlers.list_viewers(self.uow(), principal(who), scanner_id)
+
+    async def authorisation(self, who: Who, scanner_id: str) -> AuthorisationView:
+        return await handlers.show_authorisation(self.uow(), principal(who), scanner_id)
 
     async def authenticated(self, *whos: Who) -> None:
         """What the API does for every authenticated request (throttled per user)."""
