@@ -200,4 +200,5 @@ async def test_deauthorise_always_emits_and_fails_closed(two_orgs: Harness) -> N
         (ADMIN_A.sub, A2),
         (SUPPORT.sub, A1),
     ]
+    await h.drained()
     assert len(await events_on(h.bootstrap, PUBLIC_TOPIC, "ScannerDeauthorised")) == 2

@@ -153,6 +153,16 @@ class Harness:
         )
         return bool(rows[0]["n"] == len(set(ids)))
 
+    async def drained(self, timeout: float = 20) -> None:
+        """Wait until the relay has published everything committed so far (it deletes an outbox
+        row once the broker acknowledged it): what is not on the topic then was never written."""
+
+        async def empty() -> bool:
+            rows = await self.fetch("SELECT count(*) AS n FROM outbox")
+            return bool(rows[0]["n"] == 0)
+
+        await eventually(empty, timeout)
+
     async def directory(self, *datas: EventData | CloudEvent) -> list[CloudEvent]:
         events = await self.publish(DIRECTORY_TOPIC, *datas)
         await self.applied("token-issuer.directory", events)
