@@ -249,10 +249,10 @@ TOKENS_LATEST = (
 TOKENS_BY_ID = f"SELECT {_TOKENS_COLUMNS} FROM tokens WHERE token_id = $1"
 
 # The token and its audit row in one statement (a data-modifying CTE): one round trip fewer per
-# issue. Measured with services/token-issuer/bench/token_insert.py (asyncpg, one transaction of
-# just this, 2,000 per round, 7 rounds alternating, 2 cores at load 7 to 11): client CPU per
-# transaction, median of two runs each, 691 and 969 µs with the CTE against 891 and 1,194 µs
-# with two INSERTs on one connection; 751 and 443 against 863 and 481 µs on eight.
+# issue. services/token-issuer/bench/token_insert.py (this transaction alone, asyncpg, 2,000 per
+# round, 7 rounds alternating; 2 cores at load 9 to 14): client CPU per transaction 1,153 µs with
+# the CTE against 1,406 µs with two INSERTs on one connection, 744 against 916 µs on eight (wall
+# 8.0 against 10.0 ms, 3.5 against 5.0 ms); an earlier run, 691 against 891 and 751 against 863.
 TOKENS_ADD_AUDITED = """
     WITH audited AS (
         INSERT INTO audit_log (at, actor_user_id, actor_org_id, action, scanner_id, token_id,
