@@ -22,10 +22,12 @@ from typing import Any, Literal
 
 import httpx
 
-from scanner_auth_shared.events import DIRECTORY_TOPIC, EventData, new_event
+from scanner_auth_shared.events import DIRECTORY_TOPIC, EventData
 from scanner_auth_shared.infra import EmbeddedPostgres, MailSink, TansuBroker, free_port
 from scanner_auth_shared.kafka_broker import ApacheKafka
 from scanner_auth_shared.testing.identity import TestIdentity
+from scanner_auth_shared.testing.kafka import publish_events
+from scanner_auth_shared.testing.signing import service_environment as signing_environment
 
 from .demo import DemoDirectory
 from .services import SERVICES
@@ -128,6 +130,10 @@ class Stack:
     smtp_port: int = 0
     fixed_ports: bool = False  # the contract's default ports (dev) or free ones (tests)
     kafka: KafkaKind = "apache"
+    # Apache Kafka only: 1 node, or a controller and this many brokers (the production topic
+    # settings: the broker-fault tests); `kafka_fast_jit=False` for the benchmarks (full JIT).
+    kafka_brokers: int = 1
+    kafka_fast_jit: bool = True
     extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
     identity: TestIdentity = field(default_factory=TestIdentity)
     postgres: EmbeddedPostgres | None = None
@@ -144,7 +150,7 @@ class Stack:
         shutil.rmtree(kafka_dir, ignore_errors=True)
         self.postgres = EmbeddedPostgres(pg_dir).start()
         self.broker = (
-            ApacheKafka(kafka_dir).start()
+            ApacheKafka(kafka_dir, brokers=self.kafka_brokers, fast_jit=self.kafka_fast_jit).start()
             if self.kafka == "apache"
             else TansuBroker(self.root / "logs" / "broker.log").start()
         )
@@ -169,6 +175,9 @@ class Stack:
             port = spec.default_port if self.fixed_ports else free_port()
             env = {
                 **shared,
+                # Every event signed by its producer and checked by its consumers, as in the
+                # production overlay (scanner_auth_shared.signing).
+                **signing_environment(name),
                 "HTTP_PORT": str(port),
                 "DATABASE_URL": self.postgres.create_database(name.replace("-", "_")),
             }
@@ -219,28 +228,9 @@ class Stack:
                 time.sleep(0.2)
 
     def publish(self, *events: EventData) -> None:
+        """Directory events, published (and signed) as MyScanner's directory would."""
         assert self.broker is not None
-        bootstrap = self.broker.bootstrap
-
-        async def send() -> None:
-            from aiokafka import AIOKafkaProducer
-
-            producer = AIOKafkaProducer(
-                bootstrap_servers=bootstrap,
-                acks="all",
-                enable_idempotence=False,
-            )
-            await producer.start()
-            try:
-                for data in events:
-                    event = new_event(data, source="myscanner/directory")
-                    await producer.send_and_wait(
-                        DIRECTORY_TOPIC, event.to_bytes(), key=(event.subject or "").encode()
-                    )
-            finally:
-                await producer.stop()
-
-        asyncio.run(send())
+        asyncio.run(publish_events(self.broker.bootstrap, DIRECTORY_TOPIC, *events))
 
     def stop(self) -> None:
         for svc in reversed(list(self.services.values())):

@@ -618,11 +618,15 @@ def _log_config() -> str:
 
 
 def _cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, base64url without padding (what StorageTool
-    random-uuid prints)."""
+    """A KRaft cluster id: 16 random bytes, base64url without padding, as Kafka's own
+    `Uuid.randomUuid()` makes them: never starting with "-", which the storage tool's argument
+    parser would read as an option (one id in 64 otherwise)."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
 
 
 def _tail(path: Path, lines: int = 25) -> str:

@@ -8,7 +8,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from ..events import CloudEvent, EventData, PoisonMessage, new_event
+from ..events import EVENT_TYPES, CloudEvent, EventData, PoisonMessage, new_event
+from .signing import signer
 
 
 async def publish_raw(
@@ -18,7 +19,8 @@ async def publish_raw(
     value: bytes,
     headers: list[tuple[str, bytes]] | None = None,
 ) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+    """`value` as it is: unsigned, unparsed (poison, forgeries)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
         await producer.send_and_wait(
@@ -28,17 +30,33 @@ async def publish_raw(
         await producer.stop()
 
 
+def default_source(data: EventData) -> str:
+    """The CloudEvents source its producer writes: `scanner-auth/<service>`, or the
+    directory's."""
+    return (
+        "myscanner/directory" if data.producer == "directory" else f"scanner-auth/{data.producer}"
+    )
+
+
 async def publish_events(
-    bootstrap: str, topic: str, *datas: EventData | CloudEvent, source: str = "myscanner/directory"
+    bootstrap: str, topic: str, *datas: EventData | CloudEvent, source: str | None = None
 ) -> list[CloudEvent]:
-    events = [d if isinstance(d, CloudEvent) else new_event(d, source=source) for d in datas]
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+    """Publish events as their producers would: the source each producer writes (unless
+    `source` says otherwise), keyed by subject, signed with the producer's test key
+    (`testing.signing`) when the event's type names its producer."""
+    events = [
+        d if isinstance(d, CloudEvent) else new_event(d, source=source or default_source(d))
+        for d in datas
+    ]
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
         for event in events:
-            await producer.send_and_wait(
-                topic, event.to_bytes(), key=(event.subject or "").encode() or None
-            )
+            key = (event.subject or "").encode() or None
+            value = event.to_bytes()
+            model = EVENT_TYPES.get(event.type)
+            headers = [signer(model.producer).header(topic, key, value)] if model else []
+            await producer.send_and_wait(topic, value, key=key, headers=headers)
     finally:
         await producer.stop()
     return events
