@@ -331,9 +331,6 @@ class UnlockedScannerEvent(AssertionError):
 
 class MemoryUnitOfWork(uow.MemoryUnitOfWork):
     store: Store
-    # The port's type: the shared class infers its own inbox class, which a protocol's settable
-    # attribute does not accept (reported to the lead: shared could declare `inbox: Inbox`).
-    inbox: uow.Inbox  # type: ignore[assignment]
     scanners: ScannerRepository
     people: PeopleRepository
     tokens: TokenRepository

@@ -383,9 +383,6 @@ class PostgresAudit:
 class PostgresUnitOfWork(uow.PostgresUnitOfWork):
     """One connection, one transaction, the token-issuer's repositories on it."""
 
-    # The port's type: the shared class infers its own inbox class, which a protocol's settable
-    # attribute does not accept (reported to the lead: shared could declare `inbox: Inbox`).
-    inbox: uow.Inbox  # type: ignore[assignment]
     scanners: ScannerRepository
     people: PeopleRepository
     tokens: TokenRepository
