@@ -7,7 +7,7 @@ published and acknowledged (`handlers.ingest_scan`: 422, 503) → 202.
 
 Every refusal is a `Refusal` (domain.py), answered here by its class: each answer is built once
 (`_Constant`), so that a flood of bad credentials costs no rendering (bench/README.md), and
-the map from class to status is this module's table (`UploadAnswers`), rather than
+the map from class to status is this module's table (`_answers`), rather than
 `scanner_auth_shared.api.refusals`, which renders a problem per request behind Starlette's
 exception middleware.
 
