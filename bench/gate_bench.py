@@ -2,9 +2,9 @@
 
 Its own process (started by bench/run.py). For each size: `gate_credentials` (scan-ingest's own
 migration) is filled with N active credentials of uuid-sized ids in 200 organisations (COPY),
-then scan-ingest's `GateSync` does its full load (the code path of a start, a reconnection and
-a resync: one repeatable-read snapshot read by cursor in chunks, packed into a fresh gate,
-swapped in) `runs` times after one warm-up; the median is reported.
+then scan-ingest's `GateSync.load_everything` does its full load (the code path of a start, a
+reconnection and a resync: one repeatable-read snapshot read by cursor in chunks, packed into a
+fresh gate, swapped in) `runs` times after one warm-up; the median is reported.
 
 Memory per scanner, two ways, after the load:
 - `exact`: what the gate's own objects take (sys.getsizeof of its dict, every key and value,
@@ -34,8 +34,9 @@ import asyncpg
 import psutil
 
 import scan_ingest
+from scan_ingest.adapters.gate import CredentialGate
 from scan_ingest.adapters.gate_sync import GateSync
-from scan_ingest.gate import CredentialGate
+from scan_ingest.adapters.postgres import PostgresGateCredentials
 from scanner_auth_shared.db import asyncpg_dsn
 from scanner_auth_shared.migrations import upgrade
 
@@ -93,7 +94,7 @@ async def memory(dsn: str) -> dict[str, int]:
         gc.collect()
         before = process.memory_info().rss
         gate = CredentialGate()
-        await GateSync(dsn, gate)._full_load(conn)
+        await GateSync(gate, PostgresGateCredentials).load_everything(PostgresGateCredentials(conn))
         gc.collect()
         return {"rss": process.memory_info().rss - before, "exact": exact_bytes(gate)}
     finally:
@@ -128,10 +129,10 @@ async def main() -> None:
             seconds = []
             for run in range(args.runs + 1):
                 gate = CredentialGate()
-                sync = GateSync(dsn, gate)
+                sync = GateSync(gate, PostgresGateCredentials)
                 gc.collect()
                 t = time.perf_counter()
-                await sync._full_load(conn)
+                await sync.load_everything(PostgresGateCredentials(conn))
                 if run:  # the first load is the warm-up
                     seconds.append(time.perf_counter() - t)
                 assert len(gate) == size, (len(gate), size)

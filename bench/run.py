@@ -1,9 +1,11 @@
 """`make bench`: every hot path of the system, each against a floor measured in the same run.
 
-Starts the system as `scanner-auth dev` does (embedded PostgreSQL, Tansu, an SMTP sink, the four
-services as `scanner-auth serve` processes), drives it from other processes (wrk for the ingest
-figures, an open-loop asyncio/httpx process at a fixed rate for token issue and redeem), prints
-one table and writes it as JSON under bench/results/. See bench/README.md.
+Starts the system as `scanner-auth dev --kafka apache` does (embedded PostgreSQL, one Apache
+Kafka node with the full JIT, an SMTP sink, the four services as `scanner-auth serve`
+processes), drives it from other processes (wrk for the ingest figures, an open-loop asyncio
+process at a fixed rate for token issue and redeem, Kafka's own ProducerPerformance for the
+broker's limit), prints one table and writes it as JSON under bench/results/. See
+bench/README.md.
 
     python bench/run.py                     # full (about 8 minutes on 2 cores)
     python bench/run.py --profile quick     # one run of each, fewer sizes (about 3 minutes)
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import math
@@ -45,12 +48,14 @@ from scanner_auth_shared.crypto import generate_credential
 from scanner_auth_shared.db import asyncpg_dsn
 from scanner_auth_shared.events import (
     DIRECTORY_TOPIC,
+    SCANS_TOPIC,
     EventData,
     ScannerRegistered,
     UserUpserted,
     new_event,
 )
 from scanner_auth_shared.infra import Mail, free_port
+from scanner_auth_shared.kafka_broker import ApacheKafka, run_tool
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -59,6 +64,9 @@ MARK = "BENCH_JSON "
 ORG = "org-bench"
 ADMIN = ("u-bench-admin", "admin@bench.example")
 RATE = 200.0  # requests/s of the token issue and redeem figures
+# Kafka's own producer writes here: as many partitions as the scans topic, on the same broker.
+PRODUCER_FLOOR_TOPIC = "bench.kafka-producer-floor"
+PRODUCER_PERFORMANCE = "org.apache.kafka.tools.ProducerPerformance"
 
 
 @dataclass(frozen=True)
@@ -75,6 +83,7 @@ class Profile:
     rate_warmup: float  # token issue and redeem: warm-up seconds at RATE, excluded
     relay_sizes: tuple[int, ...]
     gate_sizes: tuple[int, ...]
+    producer_records: int = 200_000  # Kafka's ProducerPerformance, 1 KiB records, acks=all
 
 
 PROFILES = {
@@ -120,6 +129,7 @@ PROFILES = {
         rate_warmup=0.1,
         relay_sizes=(1_000,),
         gate_sizes=(5_000,),
+        producer_records=5_000,
     ),
 }
 FIGURES = ("ingest", "journeys", "rates", "relay", "gate")
@@ -256,15 +266,23 @@ class FloorServer:
 
 
 class Bench:
-    def __init__(self, profile: Profile, figures: tuple[str, ...], root: Path) -> None:
+    def __init__(
+        self, profile: Profile, figures: tuple[str, ...], root: Path, kafka: str = "apache"
+    ) -> None:
         self.p = profile
         self.figures = figures
         self.root = root
-        self.stack = Stack(root)
+        # Apache Kafka, one node, the full JIT: throughput matters here (the tests' C1-only JVM
+        # starts faster and runs slower). `--kafka tansu`: the dev broker, for an A/B only.
+        self.kafka = kafka
+        self.stack = Stack(
+            root, kafka="tansu" if kafka == "tansu" else "apache", kafka_fast_jit=False
+        )
         self.results: list[Figure] = []
         self.scaling: dict[str, list[dict[str, Any]]] = {}
         self.scanner_serial = 0
         self.mail_times: list[tuple[float, Mail]] = []
+        self._floor_partitions = 0
         self._admin_jwt = ""
 
     # ---------------------------------------------------------------------------- life
@@ -340,6 +358,7 @@ class Bench:
             )
             runs.setdefault((kind, *config), []).append(run)
 
+        producer_runs: list[dict[str, float]] = []
         floor_env = self.stack.services["scan-ingest"].env
         with FloorServer(floor_env, self.root / "logs" / "bench-floor.log") as floor:
             assert floor.proc is not None
@@ -356,6 +375,9 @@ class Bench:
                         if config == main:
                             measure("bad_floor", config, floor.url, floor.proc.pid, bad)
                             measure("bad", config, ingest, ingest_proc.pid, bad)
+                    if size == p.scanners[0]:
+                        # The broker's own limit, in the same run, right after the figure.
+                        producer_runs.append(self._kafka_producer_floor())
             peak = median([r.result.ok_rate for r in runs[("accepted", *main)]])
             half = self._latency_at(wrk, ingest, good_file(wrk, p.scanners[0]), peak / 2)
 
@@ -400,6 +422,7 @@ class Bench:
         ):
             fig, floor_ = summary(kind, main), summary(floor_kind, main)
             ratio = fig["per_s"] / floor_["per_s"]
+            producer_floor = median([r["records_per_s"] for r in producer_runs])
             cpu_ratio = floor_["cpu_us_per_request"] / fig["cpu_us_per_request"]
             these = runs[(kind, *main)]
             if kind == "accepted":
@@ -420,7 +443,13 @@ class Bench:
                     label,
                     f"{fig['per_s']:,.0f} req/s, {fig['cpu_us_per_request']:.0f} µs CPU/req",
                     f"{floor_['per_s']:,.0f} req/s, {floor_['cpu_us_per_request']:.0f} µs "
-                    f"CPU/req; ratio {ratio:.2f} (CPU {cpu_ratio:.2f})",
+                    f"CPU/req; ratio {ratio:.2f} (CPU {cpu_ratio:.2f})"
+                    + (
+                        f"; Kafka's producer {producer_floor:,.0f} records/s, ratio "
+                        f"{fig['per_s'] / producer_floor:.2f}"
+                        if kind == "accepted"
+                        else ""
+                    ),
                     f"ratio ≥ {bound}",
                     ratio >= bound and clean,
                     {
@@ -429,9 +458,44 @@ class Bench:
                         "ratio": ratio,
                         "cpu_ratio": cpu_ratio,
                         "every_answer_as_expected": clean,
+                        **(
+                            {
+                                "kafka_producer_floor_per_s": producer_floor,
+                                "kafka_producer_ratio": fig["per_s"] / producer_floor,
+                            }
+                            if kind == "accepted"
+                            else {}
+                        ),
                     },
                 )
             )
+        accepted_per_s = summary("accepted", main)["per_s"]
+        producer = {
+            k: median([r[k] for r in producer_runs])
+            for k in ("records_per_s", "mb_per_s", "avg_ms", "p50_ms", "p99_ms")
+        }
+        self.results.append(
+            Figure(
+                "kafka_producer_floor",
+                f"Kafka's own producer, the broker's limit (ProducerPerformance: "
+                f"{p.producer_records:,} records of 1 KiB, acks=all, idempotent, "
+                f"{self._floor_partitions} partitions)",
+                f"{producer['records_per_s']:,.0f} records/s ({producer['mb_per_s']:.1f} MB/s), "
+                f"p50 {producer['p50_ms']:.0f} ms, p99 {producer['p99_ms']:.0f} ms",
+                f"scan-ingest accepted {accepted_per_s:,.0f} req/s: "
+                f"ratio {accepted_per_s / producer['records_per_s']:.2f} of it",
+                "—",
+                None,
+                {
+                    **producer,
+                    "records": p.producer_records,
+                    "record_bytes": 1024,
+                    "scan_ingest_accepted_per_s": accepted_per_s,
+                    "ratio": accepted_per_s / producer["records_per_s"],
+                    "runs": producer_runs,
+                },
+            )
+        )
         self.results.append(half)
         self.scaling["ingest"] = []
         for config in configs:
@@ -450,6 +514,46 @@ class Bench:
                     "floor_p99_ms": floor_["p99_ms"],
                 }
             )
+
+    def _kafka_producer_floor(self) -> dict[str, float]:
+        """`kafka-producer-perf-test` (ProducerPerformance, from the broker's own jars) against
+        the stack's broker: 1 KiB records, acks=all, as fast as it can, to a topic with the
+        scans topic's partition count. The Java producer is idempotent by default."""
+        assert self.stack.broker is not None
+        bootstrap = self.stack.broker.bootstrap
+        if not self._floor_partitions:
+            self._floor_partitions = asyncio.run(_create_like(bootstrap, PRODUCER_FLOOR_TOPIC))
+        n = self.p.producer_records
+        log(f"Kafka's ProducerPerformance: {n:,} records of 1 KiB, acks=all")
+        out = run_tool(
+            PRODUCER_PERFORMANCE,
+            "--topic",
+            PRODUCER_FLOOR_TOPIC,
+            "--num-records",
+            str(n),
+            "--record-size",
+            "1024",
+            "--throughput",
+            "-1",
+            "--producer-props",
+            f"bootstrap.servers={bootstrap}",
+            "acks=all",
+            *(["enable.idempotence=false"] if self.kafka == "tansu" else []),
+            timeout=600,
+        )
+        found = PRODUCER_SUMMARY.findall(out)
+        if not found:
+            raise RuntimeError(f"ProducerPerformance printed no summary:\n{out[-2000:]}")
+        sent, per_s, mb, avg, _max, p50, _p95, p99, _p999 = found[-1]
+        if int(sent) != n:
+            raise RuntimeError(f"ProducerPerformance sent {sent} of {n} records")
+        return {
+            "records_per_s": float(per_s),
+            "mb_per_s": float(mb),
+            "avg_ms": float(avg),
+            "p50_ms": float(p50),
+            "p99_ms": float(p99),
+        }
 
     def _latency_at(self, wrk: Wrk, url: str, creds: Path, rate: float) -> Figure:
         # Each connection waits `delay` ms between requests: connections * 1000 / delay req/s.
@@ -927,6 +1031,32 @@ class Bench:
         )
 
 
+# ProducerPerformance's last line: "200000 records sent, 95238.1 records/sec (93.01 MB/sec),
+# 150.2 ms avg latency, 400.0 ms max latency, 120 ms 50th, 300 ms 95th, 350 ms 99th, 390 ms
+# 99.9th."
+PRODUCER_SUMMARY = re.compile(
+    r"(\d+) records sent, ([\d.]+) records/sec \(([\d.]+) MB/sec\), ([\d.]+) ms avg latency, "
+    r"([\d.]+) ms max latency, (\d+) ms 50th, (\d+) ms 95th, (\d+) ms 99th, (\d+) ms 99.9th"
+)
+
+
+async def _create_like(bootstrap: str, topic: str) -> int:
+    """`topic`, with as many partitions as the scans topic (replication 1: one node)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        (scans,) = await admin.describe_topics([SCANS_TOPIC])
+        partitions = len(scans["partitions"]) or 24
+        with contextlib.suppress(TopicAlreadyExistsError):
+            await admin.create_topics([NewTopic(topic, partitions, 1)])
+        return partitions
+    finally:
+        await admin.close()
+
+
 @dataclass(frozen=True)
 class Run:
     result: WrkResult
@@ -963,10 +1093,12 @@ def report(bench: Bench, info: dict[str, Any], started: float) -> dict[str, Any]
     def verdict(ok: bool | None) -> str:
         return "—" if ok is None else ("yes" if ok else "NO")
 
+    broker = bench.stack.broker
+    broker_name = broker.description if isinstance(broker, ApacheKafka) else "Tansu"
     print()
     print(
         f"scanner-auth bench ({bench.p.name}, median of {bench.p.runs} run(s), warm-up "
-        f"excluded) on {info['cores']} cores ({info['cpu']}), load average at start "
+        f"excluded) on {broker_name}, {info['cores']} cores ({info['cpu']}), load average at start "
         f"{info['load_average_at_start'][0]:.2f}, at end {os.getloadavg()[0]:.2f}, "
         f"{time.monotonic() - started:.0f} s"
     )
@@ -1055,6 +1187,7 @@ def report(bench: Bench, info: dict[str, Any], started: float) -> dict[str, Any]
     info["seconds"] = round(time.monotonic() - started, 1)
     return {
         "machine": info,
+        "broker": broker_name,
         "profile": asdict(bench.p),
         "figures": [asdict(f) for f in bench.results],
         "scaling": bench.scaling,
@@ -1068,6 +1201,13 @@ def main(argv: list[str] | None = None) -> int:
         "--only", default=",".join(FIGURES), help=f"comma-separated, of: {', '.join(FIGURES)}"
     )
     parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON goes")
+    parser.add_argument(
+        "--kafka",
+        choices=("apache", "tansu"),
+        default="apache",
+        help="the broker: Apache Kafka, one node (default), or Tansu (an A/B against the dev "
+        "broker; the producer floor then runs without idempotence, which Tansu lacks)",
+    )
     args = parser.parse_args(argv)
     figures = tuple(f.strip() for f in args.only.split(",") if f.strip())
     unknown = set(figures) - set(FIGURES)
@@ -1077,7 +1217,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     info = machine()
     root = Path(tempfile.mkdtemp(prefix="scanner-auth-bench-"))
-    bench = Bench(PROFILES[args.profile], figures, root)
+    bench = Bench(PROFILES[args.profile], figures, root, kafka=args.kafka)
     try:
         bench.run()
         document = report(bench, info, started)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
+from typing import Any
 
 import jwt
 import pytest
@@ -122,3 +124,93 @@ async def test_an_outage_answers_503_and_a_bug_500_and_neither_says_more():
         assert "10.0.0.5" not in r.text and "YD20" not in r.text
         r = await client.get("/bug")
         assert r.status_code == 500 and "sac1_" not in r.text and "secret" not in r.text
+
+
+# ------------------------------------------------------------------------------ JWKS
+
+
+class _Jwks:
+    """A JWKS endpoint on loopback, serving whatever keys a test gives it."""
+
+    def __init__(self, keys: list[dict[str, Any]]) -> None:
+        import http.server
+        import json
+        import threading
+
+        body = json.dumps({"keys": keys}).encode()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *_: Any) -> None:
+                return None
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/jwks.json"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+@pytest.mark.unit
+async def test_a_jwks_key_of_another_type_is_a_401_not_a_500() -> None:
+    import jwt as pyjwt
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    jwk = json.loads(pyjwt.algorithms.OKPAlgorithm.to_jwk(key.public_key()))
+    jwk.update({"kid": "okp-1", "use": "sig"})
+    server = _Jwks([jwk])
+    try:
+        verifier = JwtVerifier(issuer="i", audience="a", jwks_url=server.url)
+        token = pyjwt.encode(
+            {"sub": "u", "org_id": "o", "iss": "i", "aud": "a", "exp": 4102444800},
+            key,
+            algorithm="EdDSA",
+            headers={"kid": "okp-1"},
+        )
+        with pytest.raises(InvalidToken, match="not an ES256 or RS256 key"):
+            await verifier.verify(token)
+    finally:
+        server.close()
+
+
+@pytest.mark.unit
+async def test_an_unreachable_jwks_is_an_outage_not_a_bad_token() -> None:
+    import jwt as pyjwt
+
+    from scanner_auth_shared.auth import KeysUnavailable
+    from scanner_auth_shared.outages import is_infrastructure_error
+
+    verifier = JwtVerifier(issuer="i", audience="a", jwks_url="http://127.0.0.1:9/jwks.json")
+    token = pyjwt.encode({"sub": "u"}, "x" * 32, algorithm="HS256", headers={"kid": "k"})
+    with pytest.raises(KeysUnavailable) as caught:
+        await verifier.verify(token)
+    assert is_infrastructure_error(caught.value)  # answered 503 with Retry-After
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("https://id.myscanner.example/.well-known/jwks.json", True),
+        ("http://127.0.0.1:8080/jwks.json", True),
+        ("http://localhost/jwks.json", True),
+        ("http://id.myscanner.example/jwks.json", False),
+        ("ftp://id.myscanner.example/jwks.json", False),
+        ("https:///jwks.json", False),
+    ],
+)
+def test_the_jwks_url_must_be_https_outside_loopback(url: str, ok: bool) -> None:
+    from scanner_auth_shared.auth import check_jwks_url
+
+    if ok:
+        assert check_jwks_url(url) == url
+    else:
+        with pytest.raises(ValueError, match="https"):
+            check_jwks_url(url)

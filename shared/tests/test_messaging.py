@@ -5,6 +5,7 @@ against a broker that hands out producer ids (Kafka) and one that does not (Tans
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import pytest
@@ -146,3 +147,45 @@ async def test_required_refuses_to_start_without_producer_ids(tansu: Any) -> Non
 def test_off_turns_idempotence_off() -> None:
     settings = ServiceSettings(kafka_bootstrap_servers="127.0.0.1:9", kafka_idempotence="off")
     assert producer_options(create_broker(settings, "t"))["enable_idempotence"] is False
+
+
+async def test_a_producer_that_stopped_for_good_is_renewed(tmp_path: Any) -> None:
+    """aiokafka 0.14's idempotent producer stops for good when a batch fails after it got a
+    sequence number (here: the only broker killed for longer than the request timeout).
+    `renew_producer` replaces it, and sending works again without restarting the service."""
+    from scanner_auth_shared.kafka_broker import ApacheKafka
+    from scanner_auth_shared.messaging import producer_stopped, renew_producer
+
+    cluster = ApacheKafka(tmp_path / "kafka").start()
+    settings = ServiceSettings(kafka_bootstrap_servers=cluster.bootstrap, **FAST_CONSUMERS)
+    broker = create_broker(settings, "t", request_timeout_ms=2000)
+    try:
+        await start_broker(broker, "auto")
+        assert not await renew_producer(broker)  # a healthy producer is left alone
+        await asyncio.wait_for(broker.publish(b"1", PUBLIC_TOPIC, key=b"k"), 15)
+        cluster.kill_node(1)
+        for _ in range(20):  # until aiokafka gives up on the batch it already numbered
+            with contextlib.suppress(Exception):  # failing is the point here
+                await asyncio.wait_for(broker.publish(b"2", PUBLIC_TOPIC, key=b"k"), 5)
+            producer = aiokafka_producer(broker)
+            if producer is None or producer_stopped(producer):
+                break
+        cluster.start_node(1)
+        stopped = producer_stopped(aiokafka_producer(broker))
+        renewed = await renew_producer(broker)
+        assert renewed == stopped
+        published = False
+        for _ in range(60):
+            try:
+                await asyncio.wait_for(broker.publish(b"3", PUBLIC_TOPIC, key=b"k"), 5)
+                published = True
+                break
+            except Exception:
+                await renew_producer(broker)
+                await asyncio.sleep(0.5)
+        assert published, "sending never worked again"
+        values = [r.value for r in await read_topic(cluster.bootstrap, PUBLIC_TOPIC)]
+        assert b"1" in values and b"3" in values
+    finally:
+        await asyncio.wait_for(broker.stop(), 10)
+        cluster.remove()

@@ -16,6 +16,7 @@ from scanner_auth_shared.outbox import MESSAGING_DDL, OutboxRelay
 from scanner_auth_shared.postgres import Connection, Database, asyncpg_dsn
 from scanner_auth_shared.runtime import ServiceRuntime
 from scanner_auth_shared.settings import DatabaseSettings
+from scanner_auth_shared.signing import EventSigner, TrustPolicy, Unverified, new_private_key_text
 from scanner_auth_shared.testing.kafka import read_topic
 from scanner_auth_shared.testing.plugin import FAST_CONSUMERS
 from scanner_auth_shared.uow import Outgoing, write_outbox
@@ -40,7 +41,7 @@ async def _enqueue(conn: Connection, event: CloudEvent) -> None:
 
 def _event(key: str, n: int) -> CloudEvent:
     data = TokenExpired(token_id=f"t{n}", scanner_id=key, org_id="o", expired_at=utcnow())
-    return new_event(data, source="scanner-auth/test")
+    return new_event(data, source="scanner-auth/token-issuer")
 
 
 @contextlib.asynccontextmanager
@@ -247,3 +248,40 @@ async def test_the_services_relay_sends_record_batches_in_order_per_key(database
     assert sorted(by_key) == [f"key-{k}".encode() for k in range(4)]
     for key, numbers in by_key.items():
         assert numbers == sorted(numbers) == [i for i in range(n) if f"key-{i % 4}".encode() == key]
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["per-row", "batched"])
+async def test_the_relay_signs_every_record_it_publishes(database_url, kafka, batched):
+    """With EVENT_SIGNING_KEY, each record carries its producer's signature over topic, key and
+    value, which a consumer trusting that key verifies (scanner_auth_shared.signing)."""
+    signer = EventSigner.from_text("token-issuer", new_private_key_text())
+    trust = TrustPolicy.from_text(f"token-issuer={signer.public_key}")
+    await _schema(database_url)
+    db = Database(database_url)
+    await db.connect()
+    async with _relay(database_url, kafka.bootstrap, batched=batched, signer=signer):
+        for i in range(5):
+            async with db.transaction() as conn:
+                await _enqueue(conn, _event(f"key-{i}", i))
+        assert await _until(lambda: _count_ge(kafka.bootstrap, 5))
+    await db.dispose()
+    records = await read_topic(kafka.bootstrap, TOPIC)
+    assert len(records) == 5
+    for record in records:
+        trust.verify(
+            producer="token-issuer",
+            source="scanner-auth/token-issuer",
+            topic=TOPIC,
+            key=record.key,
+            value=record.value,
+            headers=record.headers,
+        )
+    with pytest.raises(Unverified):  # and the signature binds the topic
+        trust.verify(
+            producer="token-issuer",
+            source="scanner-auth/token-issuer",
+            topic="another.topic",
+            key=records[0].key,
+            value=records[0].value,
+            headers=records[0].headers,
+        )

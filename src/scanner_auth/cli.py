@@ -25,6 +25,8 @@ commands:
                        applies its migrations first unless MIGRATE_ON_START=false
   migrate SERVICE      apply that service's database migrations and exit
   mail                 list the mails the dev SMTP sink kept
+  keys [SERVICE…]      new event-signing keys: EVENT_SIGNING_KEY per service and the
+                       EVENT_TRUSTED_KEYS line trusting them (deploy/README.md)
   contracts [--check]  regenerate the AsyncAPI and OpenAPI documents in contracts/, or
                        (--check) exit 1 naming those that are out of date
 
@@ -87,6 +89,20 @@ def cmd_mail(args: argparse.Namespace) -> None:
     list_mail(Path(args.data_dir))
 
 
+def cmd_keys(args: argparse.Namespace) -> None:
+    from scanner_auth_shared.signing import EventSigner, new_private_key_text
+
+    seeds = {name: new_private_key_text() for name in args.services}
+    print("# EVENT_SIGNING_KEY of each service: secret, one per service (deploy/README.md)")
+    for name, seed in seeds.items():
+        print(f"{name}\t{seed}")
+    print("# EVENT_TRUSTED_KEYS: public, the same for every service")
+    trusted = ",".join(
+        f"{name}={EventSigner.from_text(name, seed).public_key}" for name, seed in seeds.items()
+    )
+    print(f"EVENT_TRUSTED_KEYS={trusted}")
+
+
 def cmd_contracts(args: argparse.Namespace) -> None:
     from .contracts import DEFAULT_DIR, main
 
@@ -124,6 +140,14 @@ def parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=text, description=text)
         s.add_argument("service", choices=sorted(SERVICES))
         s.set_defaults(func=func)
+
+    keys = sub.add_parser(
+        "keys",
+        help="new event-signing keys: each service's EVENT_SIGNING_KEY and the EVENT_TRUSTED_KEYS "
+        "line that trusts them",
+    )
+    keys.add_argument("services", nargs="*", default=sorted(SERVICES), metavar="SERVICE")
+    keys.set_defaults(func=cmd_keys)
 
     mail = sub.add_parser("mail", help="list the mails the dev SMTP sink kept")
     mail.add_argument("--data-dir", default=data_dir)

@@ -22,12 +22,15 @@ from typing import Any, Literal
 
 import httpx
 
-from scanner_auth_shared.events import DIRECTORY_TOPIC, EventData, new_event
+from scanner_auth_shared.events import DIRECTORY_TOPIC, EventData
 from scanner_auth_shared.infra import EmbeddedPostgres, MailSink, TansuBroker, free_port
 from scanner_auth_shared.kafka_broker import ApacheKafka
 from scanner_auth_shared.testing.identity import TestIdentity
+from scanner_auth_shared.testing.kafka import publish_events
+from scanner_auth_shared.testing.signing import service_environment as signing_environment
 
 from .demo import DemoDirectory
+from .proxy import RoundRobinProxy
 from .services import SERVICES
 
 SERVICE_ORDER = ("token-issuer", "redeemer", "scan-ingest", "notifier")
@@ -72,6 +75,18 @@ class ServiceProcess:
             return httpx.get(self.url + "/readyz", timeout=2).status_code == 200
         except httpx.HTTPError:
             return False
+
+    def wait_ready(self, timeout: float, told: float | None = None) -> None:
+        """Until `/readyz` answers 200; TimeoutError after `timeout` seconds (`told`: the
+        timeout to name in the error, when this wait is part of a longer one)."""
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{self.name} (:{self.port}) not ready within {told or timeout}s; "
+                    f"see {self.log_path}"
+                )
+            time.sleep(0.2)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
@@ -128,12 +143,31 @@ class Stack:
     smtp_port: int = 0
     fixed_ports: bool = False  # the contract's default ports (dev) or free ones (tests)
     kafka: KafkaKind = "apache"
+    # Apache Kafka only: 1 node, or a controller and this many brokers (the production topic
+    # settings: the broker-fault tests); `kafka_fast_jit=False` for the benchmarks (full JIT).
+    kafka_brokers: int = 1
+    kafka_fast_jit: bool = True
     extra_env: dict[str, dict[str, str]] = field(default_factory=dict)
     identity: TestIdentity = field(default_factory=TestIdentity)
+    # Processes of each service, as a Deployment's `spec.replicas`. With more than one, every
+    # replica of a service is its own `scanner-auth serve` process on its own port and the
+    # service's one database, and a round-robin proxy (`fronts[name]`, a Kubernetes Service:
+    # proxy.RoundRobinProxy) listens on the service's port, the one `System.url` returns.
+    replicas: int = 1
+    # How long a replica stays out of rotation before its SIGTERM in a rollout (what the
+    # Deployment's preStop sleep gives endpoints and proxies to stop routing to it).
+    drain_seconds: float = 1.0
     postgres: EmbeddedPostgres | None = None
     broker: ApacheKafka | TansuBroker | None = None
     mail: MailSink | None = None
+    # The first replica of each service (what code that knows one process per service uses);
+    # `pods[name]` has them all, in the order they serve; `history[name]` every process a
+    # service ever had (the replaced ones too: their logs).
     services: dict[str, ServiceProcess] = field(default_factory=dict)
+    pods: dict[str, list[ServiceProcess]] = field(default_factory=dict)
+    fronts: dict[str, RoundRobinProxy] = field(default_factory=dict)
+    history: dict[str, list[ServiceProcess]] = field(default_factory=dict)
+    envs: dict[str, dict[str, str]] = field(default_factory=dict)
 
     def start_infrastructure(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -144,7 +178,7 @@ class Stack:
         shutil.rmtree(kafka_dir, ignore_errors=True)
         self.postgres = EmbeddedPostgres(pg_dir).start()
         self.broker = (
-            ApacheKafka(kafka_dir).start()
+            ApacheKafka(kafka_dir, brokers=self.kafka_brokers, fast_jit=self.kafka_fast_jit).start()
             if self.kafka == "apache"
             else TansuBroker(self.root / "logs" / "broker.log").start()
         )
@@ -169,6 +203,9 @@ class Stack:
             port = spec.default_port if self.fixed_ports else free_port()
             env = {
                 **shared,
+                # Every event signed by its producer and checked by its consumers, as in the
+                # production overlay (scanner_auth_shared.signing).
+                **signing_environment(name),
                 "HTTP_PORT": str(port),
                 "DATABASE_URL": self.postgres.create_database(name.replace("-", "_")),
             }
@@ -203,47 +240,102 @@ class Stack:
         return path
 
     def start_services(self, timeout: float = 90) -> None:
-        for name, env in self.service_env().items():
-            svc = ServiceProcess(
-                name, int(env["HTTP_PORT"]), env, self.root / "logs" / f"{name}.log"
-            )
-            self.services[name] = svc
-            svc.start()
+        """Every replica of every service started at once (replicas of a service serialise
+        their migrations on PostgreSQL's advisory lock), then each awaited until ready; then
+        the fronts of a replicated stack."""
+        self.envs = self.service_env()
+        for name in self.envs:
+            for _ in range(self.replicas):
+                svc = self.new_replica(name)
+                self.pods.setdefault(name, []).append(svc)
+                svc.start()
+            self.services[name] = self.pods[name][0]
         deadline = time.monotonic() + timeout
-        for svc in self.services.values():
-            while not svc.ready():
-                if time.monotonic() > deadline:
-                    raise TimeoutError(
-                        f"{svc.name} not ready within {timeout}s; see {svc.log_path}"
-                    )
-                time.sleep(0.2)
+        for pods in self.pods.values():
+            for svc in pods:
+                svc.wait_ready(max(0.0, deadline - time.monotonic()), told=timeout)
+        if self.replicas > 1:
+            for name, pods in self.pods.items():
+                port = int(self.envs[name]["HTTP_PORT"])
+                front = RoundRobinProxy(name, [p.port for p in pods], port=port).start()
+                self.fronts[name] = front
+
+    def new_replica(self, name: str) -> ServiceProcess:
+        """One more process of `name` (not started): the service's environment, its own port
+        when the stack runs replicas (the service's port otherwise)."""
+        env = dict(self.envs[name])
+        number = len(self.history.setdefault(name, [])) + 1
+        log_name = f"{name}.log"
+        if self.replicas > 1:
+            env["HTTP_PORT"] = str(free_port())
+            log_name = f"{name}-{number}.log"
+        svc = ServiceProcess(name, int(env["HTTP_PORT"]), env, self.root / "logs" / log_name)
+        self.history[name].append(svc)
+        return svc
+
+    def _set_pods(self, name: str, pods: list[ServiceProcess]) -> None:
+        self.pods[name] = pods
+        self.services[name] = pods[0]
+
+    def roll(self, name: str, index: int, timeout: float = 120) -> tuple[int | None, float]:
+        """Replace replica `index` of `name` as a Deployment's rollout does with maxSurge 1 and
+        maxUnavailable 0: a new process is started and, once ready, put in rotation; then the
+        old one is taken out of rotation, given `drain_seconds` (the preStop sleep), and sent
+        SIGTERM; the new one takes its place in `pods`. The old one's exit code and how long it
+        took to exit after its SIGTERM."""
+        assert self.replicas > 1, "a rollout needs a stack of replicas (a port per process)"
+        old = self.pods[name][index]
+        new = self.new_replica(name)
+        new.start()
+        new.wait_ready(timeout)
+        front = self.fronts.get(name)
+        if front is not None:
+            front.add(new.port)
+            front.drain(old.port)
+        time.sleep(self.drain_seconds)  # the preStop sleep: routes to it are gone by now
+        started = time.monotonic()
+        code = old.stop(signal.SIGTERM, timeout=max(30.0, self.grace_seconds(name) + 10))
+        took = time.monotonic() - started
+        if front is not None:
+            front.remove(old.port)
+        pods = list(self.pods[name])
+        pods[index] = new
+        self._set_pods(name, pods)
+        return code, took
+
+    def restart(self, name: str, index: int, sig: int, timeout: float = 120) -> int | None:
+        """Replica `index` of `name` ended by `sig` and started again on its port, as the
+        kubelet restarts a container in its pod; its exit code. A SIGTERM is preceded by the
+        drain (out of rotation, `drain_seconds`) and the replica goes back into rotation once
+        ready; after a SIGKILL it stays in rotation (nobody took it out: the proxy skips it
+        while it refuses connections, and its readiness probe while it is not ready)."""
+        svc = self.pods[name][index]
+        front = self.fronts.get(name)
+        if sig != signal.SIGKILL and front is not None:
+            front.drain(svc.port)
+            time.sleep(self.drain_seconds)
+        code = svc.stop(sig, timeout=max(30.0, self.grace_seconds(name) + 10))
+        svc.start()
+        svc.wait_ready(timeout)
+        if front is not None:
+            front.add(svc.port)
+        return code
+
+    def grace_seconds(self, name: str) -> float:
+        return float(self.envs.get(name, {}).get("SHUTDOWN_GRACE_SECONDS", "30"))
 
     def publish(self, *events: EventData) -> None:
+        """Directory events, published (and signed) as MyScanner's directory would."""
         assert self.broker is not None
-        bootstrap = self.broker.bootstrap
-
-        async def send() -> None:
-            from aiokafka import AIOKafkaProducer
-
-            producer = AIOKafkaProducer(
-                bootstrap_servers=bootstrap,
-                acks="all",
-                enable_idempotence=False,
-            )
-            await producer.start()
-            try:
-                for data in events:
-                    event = new_event(data, source="myscanner/directory")
-                    await producer.send_and_wait(
-                        DIRECTORY_TOPIC, event.to_bytes(), key=(event.subject or "").encode()
-                    )
-            finally:
-                await producer.stop()
-
-        asyncio.run(send())
+        asyncio.run(publish_events(self.broker.bootstrap, DIRECTORY_TOPIC, *events))
 
     def stop(self) -> None:
-        for svc in reversed(list(self.services.values())):
+        for front in self.fronts.values():
+            front.stop()
+        for pods in reversed(list(self.pods.values())):
+            for svc in pods:
+                svc.stop()
+        for svc in reversed(list(self.services.values())):  # set by hand (bench/run.py)
             svc.stop()
         if self.mail:
             self.mail.stop()
@@ -266,7 +358,19 @@ class System:
         return self.stack.broker.bootstrap
 
     def url(self, service: str) -> str:
-        return self.stack.services[service].url
+        """Where clients call `service`: its front (the Service) when it runs replicas, else
+        its one process."""
+        front = self.stack.fronts.get(service)
+        return front.url if front is not None else self.stack.services[service].url
+
+    def replica_urls(self, service: str) -> list[str]:
+        """Each replica of `service` by its own port (one URL when it runs one process)."""
+        return [p.url for p in self.stack.pods.get(service, [self.stack.services[service]])]
+
+    # One connection per request: through a front, each request goes to the next replica in
+    # turn, as a Kubernetes Service spreads new connections (and no keep-alive race with a
+    # server that is closing).
+    LIMITS = httpx.Limits(max_keepalive_connections=0)
 
     def as_user(self, label_or_id: str) -> httpx.Client:
         user = next(u for u in self.demo.users if label_or_id in (u.user_id, u.env_name))
@@ -275,11 +379,18 @@ class System:
             base_url=self.url("token-issuer"),
             timeout=15,
             headers={"Authorization": f"Bearer {token}"},
+            limits=self.LIMITS,
         )
 
-    def device(self, service: str, credential: str | None = None) -> httpx.Client:
+    def device(
+        self, service: str, credential: str | None = None, *, base_url: str | None = None
+    ) -> httpx.Client:
+        """A scanner's client of `service` (through its front), or of one replica
+        (`base_url`)."""
         headers = {"Authorization": f"Bearer {credential}"} if credential else {}
-        return httpx.Client(base_url=self.url(service), timeout=15, headers=headers)
+        return httpx.Client(
+            base_url=base_url or self.url(service), timeout=15, headers=headers, limits=self.LIMITS
+        )
 
     def generate_token(self, scanner_id: str, as_user: str = "ADMIN_JWT") -> dict[str, Any]:
         """A new authorisation token (201) with its code, as an admin generates it."""
@@ -301,11 +412,23 @@ class System:
         with self.device("scan-ingest", credential) as device:
             return device.post("/v1/scans", json={"volume_m3": 1.0}).status_code
 
+    def upload_statuses(self, credential: str) -> list[int]:
+        """The status each scan-ingest replica (by its own port) answers to an upload with
+        that credential: a change of the gate has reached every replica when they agree."""
+        statuses = []
+        for url in self.replica_urls("scan-ingest"):
+            with self.device("scan-ingest", credential, base_url=url) as device:
+                statuses.append(device.post("/v1/scans", json={"volume_m3": 1.0}).status_code)
+        return statuses
+
+    def processes(self) -> list[ServiceProcess]:
+        """Every service process the stack has started (replaced replicas too)."""
+        seen = [p for history in self.stack.history.values() for p in history]
+        return seen + [p for p in self.stack.services.values() if p not in seen]
+
     def logs(self) -> str:
         return "\n".join(
-            s.log_path.read_text(errors="replace")
-            for s in self.stack.services.values()
-            if s.log_path.exists()
+            s.log_path.read_text(errors="replace") for s in self.processes() if s.log_path.exists()
         )
 
 

@@ -65,6 +65,10 @@ def test_the_bench_harness_measures_ingest_against_its_floor(tmp_path: Path) -> 
     assert accepted["figure"]["runs"][0]["kafka_acked_202"] > 0
     assert figures["ingest_bad_credential"]["data"]["every_answer_as_expected"]
     assert accepted["floor"]["per_s"] > 0
+    # The broker's own limit, measured in the same run by Kafka's ProducerPerformance.
+    producer = figures["kafka_producer_floor"]["data"]
+    assert producer["records_per_s"] > 0 and producer["records"] == 5000
+    assert accepted["kafka_producer_floor_per_s"] == producer["records_per_s"]
     assert list(tmp_path.glob("bench-*-smoke.json"))
 
 

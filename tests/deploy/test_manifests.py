@@ -9,11 +9,15 @@ KEDA's a hand-written subset, see its header). The properties the platform team 
 services rely on are asserted over the rendered output: locked-down containers, probes,
 graceful-shutdown budget, migrations, secrets by reference only, the environment each service's
 Settings class reads, the image's user, ports, entrypoint and routes, topics, autoscaling,
-disruption budgets and network policies.
+disruption budgets and network policies; the Kafka principals (Strimzi KafkaUsers) against what
+each service's code produces and consumes, and the prod overlay's Kafka settings, Secrets and
+KEDA authentication against those KafkaUsers (tests/security/test_kafka_acls.py applies the same
+KafkaUsers to a real broker).
 """
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import copy
@@ -26,6 +30,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 import typing
 from collections.abc import Iterator
@@ -43,7 +48,15 @@ from pydantic import SecretStr
 from scanner_auth.cli import parser as cli_parser
 from scanner_auth.services import SERVICES
 from scanner_auth_shared import events
+from scanner_auth_shared.kafka_broker import write_tls_material
 from scanner_auth_shared.settings import load_settings
+from scanner_auth_shared.testing.acls import (
+    KafkaUser,
+    allows,
+    kafka_users,
+    parse_kafka_user,
+    service_user,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -67,10 +80,36 @@ CUSTOM_RESOURCES = {
         SCHEMAS / "strimzi-0.49.0" / "kafkatopics.kafka.strimzi.io.yaml",  # the first with v1
         SCHEMAS / "strimzi-1.2.0" / "kafkatopics.kafka.strimzi.io.yaml",  # v1 only
     ],
+    ("kafka.strimzi.io/v1", "KafkaUser"): [
+        SCHEMAS / "strimzi-0.49.0" / "kafkausers.kafka.strimzi.io.yaml",
+        SCHEMAS / "strimzi-1.2.0" / "kafkausers.kafka.strimzi.io.yaml",
+    ],
     ("keda.sh/v1alpha1", "ScaledObject"): [
         SCHEMAS / "keda-2.16" / "scaledobjects.keda.sh.yaml",  # a subset: see its header
     ],
+    ("keda.sh/v1alpha1", "TriggerAuthentication"): [
+        SCHEMAS / "keda-2.16" / "triggerauthentications.keda.sh.yaml",  # a subset too
+    ],
 }
+# Rendered by the prod overlay only: dev runs on Strimzi's plaintext listener, without users.
+PROD_ONLY_RESOURCES = {
+    ("kafka.strimzi.io/v1", "KafkaUser"),
+    ("keda.sh/v1alpha1", "TriggerAuthentication"),
+}
+# The KafkaUsers of other teams (the directory's, an example reader of the public topic), in no
+# overlay: rendered on their own (deploy/README.md, "Kafka users and ACLs").
+OTHER_TEAMS_USERS = "users/other-teams"
+DIRECTORY_USER = "myscanner-directory"
+EXAMPLE_READER = "myscanner-example-reader"
+# What Kafka accepts per resource type (Strimzi passes the ACLs on; Kafka refuses the rest).
+ACL_OPERATIONS = {
+    "topic": {"Read", "Write", "Create", "Delete", "Alter", "Describe", "DescribeConfigs",
+              "AlterConfigs", "All"},
+    "group": {"Read", "Describe", "Delete", "All"},
+    "cluster": {"Create", "Alter", "Describe", "ClusterAction", "AlterConfigs",
+                "DescribeConfigs", "IdempotentWrite", "All"},
+    "transactionalId": {"Write", "Describe", "All"},
+}  # fmt: skip
 
 # What the image is (deploy/Dockerfile's final stage); the manifests must agree with it, and
 # tests/deploy/test_image.py runs the built image the way these manifests run it.
@@ -277,11 +316,22 @@ def _settings_class(service: str) -> Any:
     return SERVICES[service].settings_class()
 
 
+@cache
+def _test_ca_file() -> Path:
+    """A CA certificate (PEM) standing in for the cluster CA a pod has mounted at
+    KAFKA_SSL_CAFILE: the service reads that file when it builds its Kafka client."""
+    folder = Path(tempfile.mkdtemp(prefix="scanner-auth-manifests-ca-"))
+    atexit.register(shutil.rmtree, folder, True)
+    write_tls_material(folder, hosts=["127.0.0.1"])
+    return folder / "ca.crt"
+
+
 @contextlib.contextmanager
 def _environment(docs: tuple[dict[str, Any], ...], deployment: dict[str, Any]) -> Iterator[Any]:
     """The service's Settings, loaded from exactly what the Deployment gives its container:
     ConfigMap values as rendered, a random valid value for each required Secret key, optional
-    Secret keys left out (as in a cluster whose Secret lacks them)."""
+    Secret keys left out (as in a cluster whose Secret lacks them), and a CA file of the test's
+    own for KAFKA_SSL_CAFILE (in the pod, a Secret's file: test_prod_kafka_settings_agree_...)."""
     service = deployment["metadata"]["name"]
     cls = _settings_class(service)
     env = _env(docs, _main(deployment), deployment["metadata"]["namespace"])
@@ -292,6 +342,8 @@ def _environment(docs: tuple[dict[str, Any], ...], deployment: dict[str, Any]) -
             if source.kind == "secret":
                 if not source.optional:
                     mp.setenv(variable, _fake_secret(variable))
+            elif variable == "KAFKA_SSL_CAFILE":
+                mp.setenv(variable, str(_test_ca_file()))
             else:
                 assert source.value is not None
                 mp.setenv(variable, source.value)
@@ -407,11 +459,8 @@ def _crd_schemas(api_version: str, kind: str) -> tuple[tuple[str, Any], ...]:
     return tuple(found)
 
 
-def test_custom_resources_validate_against_the_operators_crds(
-    docs: tuple[dict[str, Any], ...],
-) -> None:
-    """Every KafkaTopic against Strimzi's CRD (the oldest and newest version claimed), every
-    ScaledObject against KEDA's; strict, as kubectl applies them."""
+def _crd_problems(docs: tuple[dict[str, Any], ...]) -> tuple[list[str], set[tuple[str, str]]]:
+    """What the vendored CRDs refuse in `docs`, and which custom resources were seen."""
     problems = []
     seen = set()
     for doc in docs:
@@ -427,18 +476,74 @@ def test_custom_resources_validate_against_the_operators_crds(
             for error in validator.iter_errors(doc):
                 where = "/".join(str(p) for p in error.absolute_path)
                 problems.append(f"{_name(doc)} ({source}) at {where}: {error.message}")
-    assert seen == set(CUSTOM_RESOURCES), f"rendered no {set(CUSTOM_RESOURCES) - seen}"
+    return problems, seen
+
+
+def test_custom_resources_validate_against_the_operators_crds(
+    docs: tuple[dict[str, Any], ...], overlay: str
+) -> None:
+    """Every KafkaTopic and KafkaUser against Strimzi's CRD (the oldest and newest version
+    claimed), every ScaledObject and TriggerAuthentication against KEDA's; strict, as kubectl
+    applies them."""
+    problems, seen = _crd_problems(docs)
+    expected = set(CUSTOM_RESOURCES)
+    if overlay != "prod":
+        expected -= PROD_ONLY_RESOURCES
+    assert seen == expected, f"rendered {seen}, expected {expected}"
     assert not problems, "\n".join(problems)
+
+
+def test_other_teams_kafka_users_validate_and_are_in_no_overlay() -> None:
+    """The directory's KafkaUser and the example reader's: valid for Strimzi, in the Kafka
+    cluster's namespace and cluster, and rendered by no overlay (their teams own them)."""
+    docs = _render(OTHER_TEAMS_USERS)
+    problems, seen = _crd_problems(docs)
+    assert seen == {("kafka.strimzi.io/v1", "KafkaUser")}, seen
+    assert not problems, "\n".join(problems)
+    assert {d["metadata"]["name"] for d in docs} == {DIRECTORY_USER, EXAMPLE_READER}
+    topic = _of_kind(_render("topics"), "KafkaTopic")[0]["metadata"]
+    for doc in docs:
+        assert doc["metadata"]["namespace"] == topic["namespace"], _name(doc)
+        assert (
+            doc["metadata"]["labels"]["strimzi.io/cluster"] == topic["labels"]["strimzi.io/cluster"]
+        ), _name(doc)
+    for overlay in OVERLAYS:
+        names = {
+            d["metadata"]["name"] for d in _of_kind(_render(f"overlays/{overlay}"), "KafkaUser")
+        }
+        assert not names & {DIRECTORY_USER, EXAMPLE_READER}, f"{overlay} deploys {names}"
 
 
 def test_the_crd_check_refuses_what_the_operators_refuse(
     docs: tuple[dict[str, Any], ...],
 ) -> None:
     """The check above can fail: an unknown field, a wrong type and a missing required field
-    in a KafkaTopic and a ScaledObject are each refused by the vendored schemas."""
+    in a KafkaTopic, a KafkaUser, a ScaledObject and a TriggerAuthentication are each refused by
+    the vendored schemas."""
     topic = next(d for d in docs if d["kind"] == "KafkaTopic")
     scaled = next(d for d in docs if d["kind"] == "ScaledObject")
+    user = _of_kind(_render("users"), "KafkaUser")[0]
+    trigger_auth = _of_kind(_render("overlays/prod"), "TriggerAuthentication")[0]
     broken = []
+    u = copy.deepcopy(user)
+    u["spec"]["authorization"]["acls"][0]["operations"] = ["Produce"]  # not an operation
+    broken.append(u)
+    u = copy.deepcopy(user)
+    acl = u["spec"]["authorization"]["acls"][0]
+    acl["operation"] = acl.pop("operations")[0]  # v1beta2's singular field, gone in v1
+    broken.append(u)
+    u = copy.deepcopy(user)
+    u["spec"]["authentication"]["type"] = "scram-sha-256"  # Strimzi has SCRAM-SHA-512 only
+    broken.append(u)
+    u = copy.deepcopy(user)
+    del u["spec"]["authorization"]["acls"][0]["resource"]["type"]
+    broken.append(u)
+    a = copy.deepcopy(trigger_auth)
+    del a["spec"]["secretTargetRef"][0]["key"]
+    broken.append(a)
+    a = copy.deepcopy(trigger_auth)
+    a["spec"]["env"][0]["container"] = a["spec"]["env"][0].pop("containerName")
+    broken.append(a)
     t = copy.deepcopy(topic)
     t["spec"]["partition"] = 3  # a typo of partitions
     broken.append(t)
@@ -485,6 +590,13 @@ def test_custom_resources_have_what_we_rely_on(docs: tuple[dict[str, Any], ...])
             assert config["cleanup.policy"] in {"delete", "compact", "compact,delete"}, name
             assert int(config["retention.ms"]) > 0, name
             assert 1 <= int(config["min.insync.replicas"]) <= spec["replicas"], name
+        elif doc["kind"] == "KafkaUser":
+            _check_kafka_user(doc)
+        elif doc["kind"] == "TriggerAuthentication":
+            refs = [*spec.get("secretTargetRef", []), *spec.get("env", [])]
+            assert set(spec) <= {"secretTargetRef", "env"}, f"{name}: {sorted(spec)}"
+            parameters = [r["parameter"] for r in refs]
+            assert len(parameters) == len(set(parameters)), f"{name}: a parameter twice"
         else:  # ScaledObject
             known = {
                 "scaleTargetRef", "pollingInterval", "cooldownPeriod", "idleReplicaCount",
@@ -525,6 +637,28 @@ def test_custom_resources_have_what_we_rely_on(docs: tuple[dict[str, Any], ...])
                 for trigger in spec["triggers"]:
                     assert trigger["type"] not in {"cpu", "memory"}, f"{name}: fallback with cpu"
                     assert trigger.get("metricType") == "AverageValue", f"{name}: fallback"
+
+
+def _check_kafka_user(doc: dict[str, Any]) -> None:
+    """What Strimzi's User Operator and Kafka accept: the cluster label, SCRAM-SHA-512 (the
+    mechanism the services use), `simple` authorization, operations valid for the resource
+    type, names on topics and groups."""
+    name = _name(doc)
+    assert doc["metadata"]["labels"].get("strimzi.io/cluster"), f"{name}: strimzi.io/cluster"
+    spec = doc["spec"]
+    assert set(spec) <= {"authentication", "authorization", "quotas", "template"}, name
+    assert spec["authentication"]["type"] == "scram-sha-512", f"{name}: SCRAM-SHA-512"
+    assert "password" not in spec["authentication"], f"{name}: the User Operator generates it"
+    assert spec["authorization"]["type"] == "simple", name
+    for acl in spec["authorization"]["acls"]:
+        resource = acl["resource"]
+        assert resource["type"] in ACL_OPERATIONS, f"{name}: {resource}"
+        assert set(acl["operations"]) <= ACL_OPERATIONS[resource["type"]], (
+            f"{name}: {acl['operations']} on a {resource['type']}"
+        )
+        if resource["type"] != "cluster":
+            assert resource.get("name"), f"{name}: {resource} without a name"
+        assert acl.get("type", "allow") in {"allow", "deny"}, name
 
 
 # ------------------------------------------------------------------------------ containers
@@ -622,9 +756,14 @@ def test_containers_are_locked_down(docs: tuple[dict[str, Any], ...]) -> None:
                 assert _quantity(request) <= _quantity(limit), f"{where}: {resource}"
             tmp = [m for m in container.get("volumeMounts", []) if m["mountPath"] == "/tmp"]
             assert tmp and "emptyDir" in volumes[tmp[0]["name"]], f"{where}: /tmp emptyDir"
-            # The only writable path, as tests/deploy/test_image.py runs the image.
-            mounts = [m["mountPath"] for m in container.get("volumeMounts", [])]
-            assert mounts == ["/tmp"], f"{where}: mounts {mounts}"
+            # The only writable path, as tests/deploy/test_image.py runs the image; anything
+            # else mounted is a Secret's file, read-only (prod: the Kafka cluster CA).
+            mounts = container.get("volumeMounts", [])
+            writable = [m["mountPath"] for m in mounts if not m.get("readOnly")]
+            assert writable == ["/tmp"], f"{where}: writable mounts {writable}"
+            for mount in mounts:
+                if mount["mountPath"] != "/tmp":
+                    assert "secret" in volumes[mount["name"]], f"{where}: {mount}"
             image = container["image"]
             images.add(image)
             assert "@sha256:" in image or re.search(r":[\w.-]+$", image.rsplit("/", 1)[-1]), (
@@ -721,14 +860,21 @@ def test_deployment_provides_what_the_service_reads(
 
 
 @pytest.mark.parametrize(
-    ("service", "variable"),
-    [("redeemer", "TOKEN_PEPPER"), ("notifier", "SEALING_KEY"), ("scan-ingest", "DATABASE_URL")],
+    ("service", "variable", "check"),
+    [
+        ("redeemer", "TOKEN_PEPPER", "environment"),
+        ("notifier", "SEALING_KEY", "environment"),
+        ("scan-ingest", "DATABASE_URL", "environment"),
+        ("notifier", "KAFKA_SASL_PASSWORD", "kafka"),
+        ("token-issuer", "KAFKA_SASL_USERNAME", "kafka"),
+    ],
 )
 def test_an_overlay_that_forgets_a_required_secret_fails(
-    tmp_path: Path, service: str, variable: str
+    tmp_path: Path, service: str, variable: str, check: str
 ) -> None:
-    """A copy of deploy/k8s with an overlay over prod whose patch drops one secret from the
-    service's container: rendered, it fails the environment check, naming the variable."""
+    """A copy of deploy/k8s with an overlay over prod whose patch drops one secret (or the
+    Kafka user name) from the service's container: rendered, it fails the environment check or
+    the Kafka check, naming the variable."""
     k8s = tmp_path / "k8s"
     shutil.copytree(K8S, k8s)
     broken = k8s / "overlays" / "broken"
@@ -760,21 +906,211 @@ def test_an_overlay_that_forgets_a_required_secret_fails(
     env = _env(docs, _main(_one(docs, "Deployment", service)), namespace)
     assert variable not in env, "the patch did not apply"
     with pytest.raises(AssertionError, match=variable):
-        _check_environment(docs, service)
+        (_check_environment if check == "environment" else _check_kafka)(docs, service)
 
 
 def test_shared_secrets_come_from_one_secret(docs: tuple[dict[str, Any], ...]) -> None:
     """TOKEN_PEPPER (token-issuer, redeemer) and SEALING_KEY (token-issuer, notifier) must be
-    the same value in both services: one Secret key each."""
-    refs: dict[str, set[tuple[str, str]]] = {}
+    the same value in both services: one Secret key each. Each service's own database and Kafka
+    principal and event signing key: a Secret key per service, never shared."""
+    own = {"DATABASE_URL", "KAFKA_SASL_PASSWORD", "EVENT_SIGNING_KEY"}
+    refs: dict[str, list[tuple[str, str]]] = {}
     for deployment in _of_kind(docs, "Deployment"):
         env = _env(docs, _main(deployment), deployment["metadata"]["namespace"])
         for variable, source in env.items():
             if source.kind == "secret":
-                refs.setdefault(variable, set()).add((source.name, source.key))
+                refs.setdefault(variable, []).append((source.name, source.key))
     for variable, places in refs.items():
-        if variable != "DATABASE_URL":  # each service owns its own database
-            assert len(places) == 1, f"{variable} comes from {places}"
+        if variable in own:
+            assert len(set(places)) == len(places), f"{variable} shared: {places}"
+        else:
+            assert len(set(places)) == 1, f"{variable} comes from {set(places)}"
+
+
+# ------------------------------------------------------------------------------ Kafka principals
+
+# Strimzi's TLS listener, by convention (the Kafka resource's `tls: true` listener on 9093).
+KAFKA_TLS_PORT = 9093
+# KEDA's name of each SASL mechanism of KAFKA_SASL_MECHANISM.
+KEDA_SASL = {"SCRAM-SHA-512": "scram_sha512", "SCRAM-SHA-256": "scram_sha256", "PLAIN": "plaintext"}
+
+
+def _kafka_users(docs: tuple[dict[str, Any], ...]) -> dict[str, KafkaUser]:
+    return {u.name: u for u in (parse_kafka_user(d) for d in _of_kind(docs, "KafkaUser"))}
+
+
+def _every_kafka_user() -> list[KafkaUser]:
+    """Every KafkaUser deploy/ defines: the prod overlay's and the other teams'."""
+    users = {**_kafka_users(_render("overlays/prod")), **_kafka_users(_render(OTHER_TEAMS_USERS))}
+    return list(users.values())
+
+
+def _code_needs(service: str) -> set[tuple[str, str, str]]:
+    """(resource type, name, operation) the service's code uses Kafka for: Write on the topic of
+    each event type it produces (events.EVENT_TYPES) and on the dead-letter topic of each topic
+    it consumes, Read on each topic and consumer group it subscribes (its runtime, built)."""
+    subscriptions = _subscriptions(service, "prod")
+    produced = {m.topic for m in events.EVENT_TYPES.values() if m.producer == service}
+    consumed = {topic for topic, _ in subscriptions}
+    written = produced | {events.dlq_topic(t) for t in consumed}
+    return (
+        {("topic", t, "Write") for t in written}
+        | {("topic", t, "Read") for t in consumed}
+        | {("group", group, "Read") for _, group in subscriptions}
+    )
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_each_kafka_user_grants_exactly_what_its_service_code_uses(service: str) -> None:
+    """The service's KafkaUser allows what its code produces, consumes and dead-letters, by
+    literal name, and nothing else: no prefix, no wildcard, no cluster right, no deny to get
+    wrong. A new consumer group or event type fails here until its ACL is added."""
+    user = service_user(_kafka_users(_render("overlays/prod")), service)
+    for rule in user.rules:
+        assert (rule.pattern, rule.permission, rule.host) == ("literal", "allow", "*"), (
+            f"{user.name}: {rule}"
+        )
+    granted = {(r.resource_type, r.name, r.operation) for r in user.rules}
+    needed = _code_needs(service)
+    assert granted == needed, (
+        f"{user.name}: granted but unused {sorted(granted - needed)}, "
+        f"used but not granted {sorted(needed - granted)}"
+    )
+
+
+def test_the_security_tests_read_the_kafka_users_that_are_deployed() -> None:
+    """tests/security applies `testing.acls.kafka_users()` (the YAML files under
+    deploy/k8s/users) to its broker: the same users and rules as kustomize renders."""
+    read = {name: user.rules for name, user in kafka_users().items()}
+    rendered = {user.name: user.rules for user in _every_kafka_user()}
+    assert read == rendered
+
+
+def test_only_the_directory_writes_the_directory_topic() -> None:
+    users = _every_kafka_user()
+    writers = {
+        u.name
+        for u in users
+        for operation in ("Write", "All")
+        if allows(users, u.principal, "topic", events.DIRECTORY_TOPIC, operation)
+    }
+    assert writers == {DIRECTORY_USER}, writers
+    directory = next(u for u in users if u.name == DIRECTORY_USER)
+    assert {(r.resource_type, r.name, r.operation) for r in directory.rules} == {
+        ("topic", events.DIRECTORY_TOPIC, "Write")
+    }
+
+
+def test_other_services_may_read_the_public_topic_only() -> None:
+    """The example KafkaUser for another MyScanner service: Read on the public topic and on
+    its own groups, nothing on any other topic, group or the cluster."""
+    users = _every_kafka_user()
+    reader = next(u for u in users if u.name == EXAMPLE_READER)
+    topics = [*events.ALL_TOPICS, *(events.dlq_topic(t) for t in events.ALL_TOPICS)]
+    for topic in topics:
+        can_read = allows(users, reader.principal, "topic", topic, "Read")
+        assert can_read == (topic == events.PUBLIC_TOPIC), topic
+        assert not allows(users, reader.principal, "topic", topic, "Write"), topic
+    own = next(r.name for r in reader.rules if r.resource_type == "group")
+    assert allows(users, reader.principal, "group", own + "audit", "Read")
+    for other in {g for s in SERVICES for _, g in _subscriptions(s, "prod")}:
+        assert not allows(users, reader.principal, "group", other, "Read"), other
+    assert not any(r.resource_type == "cluster" for r in reader.rules)
+
+
+def _check_kafka(docs: tuple[dict[str, Any], ...], service: str) -> None:
+    """The service's Kafka settings in a rendered overlay agree with its KafkaUser: SASL_SSL,
+    the user's mechanism and name, the password from the Secret Strimzi makes for the user (named
+    after it, key `password`), the cluster's TLS bootstrap address, the cluster CA from Strimzi's
+    `<cluster>-cluster-ca-cert` Secret mounted read-only where KAFKA_SSL_CAFILE points; in every
+    container of the pod. KEDA's Kafka triggers of the service: the same principal over TLS."""
+    user = service_user(_kafka_users(docs), service)
+    cluster = user.labels["strimzi.io/cluster"]
+    ca_secret = f"{cluster}-cluster-ca-cert"
+    deployment = _one(docs, "Deployment", service)
+    ns = deployment["metadata"]["namespace"]
+    pod = deployment["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for container in _containers(pod):
+        where = f"{service} container {container['name']}"
+        env = _env(docs, container, ns)
+
+        def value(variable: str, env: dict[str, Source] = env, where: str = where) -> str:
+            source = env.get(variable)
+            assert source is not None, f"{where}: {variable} is not set"
+            assert source.kind != "secret" and source.value is not None, f"{where}: {variable}"
+            return source.value
+
+        assert value("KAFKA_SECURITY_PROTOCOL") == "SASL_SSL", where
+        assert user.authentication == "scram-sha-512", user.name
+        assert value("KAFKA_SASL_MECHANISM") == "SCRAM-SHA-512", where
+        assert value("KAFKA_SASL_USERNAME") == user.name, f"{where}: KAFKA_SASL_USERNAME"
+        password = env.get("KAFKA_SASL_PASSWORD")
+        assert password is not None, f"{where}: KAFKA_SASL_PASSWORD is not set"
+        assert password.kind == "secret" and not password.optional, f"{where}: KAFKA_SASL_PASSWORD"
+        assert (password.name, password.key) == (user.name, "password"), (
+            f"{where}: KAFKA_SASL_PASSWORD from {password.name}/{password.key}, not the Secret "
+            f"Strimzi generates for KafkaUser {user.name} (key password)"
+        )
+        assert value("KAFKA_BOOTSTRAP_SERVERS") == (
+            f"{cluster}-kafka-bootstrap.{user.namespace}.svc:{KAFKA_TLS_PORT}"
+        ), where
+        cafile = value("KAFKA_SSL_CAFILE")
+        folder, _, filename = cafile.rpartition("/")
+        mounts = [m for m in container.get("volumeMounts", []) if m["mountPath"] == folder]
+        assert len(mounts) == 1, f"{where}: nothing mounted at {folder} (KAFKA_SSL_CAFILE)"
+        assert mounts[0].get("readOnly") is True and "subPath" not in mounts[0], where
+        secret = volumes[mounts[0]["name"]].get("secret", {})
+        assert secret.get("secretName") == ca_secret, f"{where}: {folder} is not {ca_secret}"
+        files = {i["key"]: i["path"] for i in secret.get("items", [])} or {"ca.crt": "ca.crt"}
+        assert files.get("ca.crt") == filename, f"{where}: {cafile} is not {ca_secret}'s ca.crt"
+
+    if service not in KEDA_SERVICES:
+        return
+    main = _main(deployment)
+    main_env = _env(docs, main, ns)
+    so = _one(docs, "ScaledObject", service)
+    for trigger in (t for t in so["spec"]["triggers"] if t["type"] == "kafka"):
+        where = f"ScaledObject/{service} trigger {trigger['metadata']['consumerGroup']}"
+        assert trigger["metadata"].get("sasl") == KEDA_SASL["SCRAM-SHA-512"], where
+        assert trigger["metadata"].get("tls") == "enable", where
+        ref = trigger.get("authenticationRef")
+        assert ref and ref.get("kind", "TriggerAuthentication") == "TriggerAuthentication", where
+        auth = _one(docs, "TriggerAuthentication", ref["name"])
+        assert auth["metadata"]["namespace"] == ns, where
+        params: dict[str, tuple[str, ...]] = {}
+        for r in auth["spec"].get("secretTargetRef", []):
+            params[r["parameter"]] = ("secret", r["name"], r["key"])
+        for r in auth["spec"].get("env", []):
+            assert r.get("containerName", main["name"]) == main["name"], where
+            source = main_env.get(r["name"])
+            assert source is not None, f"{where}: {r['name']} is not set in {main['name']}"
+            params[r["parameter"]] = (
+                ("secret", source.name, source.key)
+                if source.kind == "secret"
+                else ("value", source.value or "")
+            )
+        assert params == {
+            "username": ("value", user.name),
+            "password": ("secret", user.name, "password"),
+            "ca": ("secret", ca_secret, "ca.crt"),
+        }, f"{where}: KAFKA_SASL_USERNAME / password / CA: {params}"
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_prod_kafka_settings_agree_with_the_kafka_users(service: str) -> None:
+    _check_kafka(_render("overlays/prod"), service)
+
+
+def test_each_service_has_a_kafka_user_of_its_own() -> None:
+    docs = _render("overlays/prod")
+    users = _kafka_users(docs)
+    names = {service_user(users, s).name for s in SERVICES}
+    assert len(names) == len(SERVICES) == len(users), sorted(users)
+    topic = _of_kind(docs, "KafkaTopic")[0]["metadata"]
+    for user in users.values():
+        assert user.namespace == topic["namespace"], f"{user.name}: the Kafka namespace"
+        assert user.labels["strimzi.io/cluster"] == topic["labels"]["strimzi.io/cluster"]
 
 
 # ------------------------------------------------------------------------------ networking
@@ -971,3 +1307,43 @@ def test_topic_settings(docs: tuple[dict[str, Any], ...], overlay: str) -> None:
     maximum = _autoscalers(docs)["notifier"][2]
     partitions = topics[events.NOTIFICATIONS_TOPIC]["partitions"]
     assert maximum <= partitions, f"notifier: up to {maximum} replicas, {partitions} partitions"
+
+
+def test_keys_prints_a_signing_key_per_service_and_the_line_that_trusts_them(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`scanner-auth keys`: what deploy/README.md tells an operator to run before the first prod
+    deployment. Each printed key signs a record that the printed EVENT_TRUSTED_KEYS verifies,
+    as that service and no other."""
+    from scanner_auth_shared.signing import EventSigner, TrustPolicy, Unverified
+
+    args = cli_parser().parse_args(["keys"])
+    args.func(args)
+    lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("#")]
+    trusted_line = lines.pop()
+    assert trusted_line.startswith("EVENT_TRUSTED_KEYS=")
+    seeds = dict(line.split("\t") for line in lines)
+    assert sorted(seeds) == ["notifier", "redeemer", "scan-ingest", "token-issuer"]
+    assert len(set(seeds.values())) == 4, "a key shared between services"
+    policy = TrustPolicy.from_text(trusted_line.removeprefix("EVENT_TRUSTED_KEYS="))
+    value = b'{"x": 1}'
+    for service, seed in seeds.items():
+        header = [EventSigner.from_text(service, seed).header("t", b"k", value)]
+        policy.verify(
+            producer=service,
+            source=f"scanner-auth/{service}",
+            topic="t",
+            key=b"k",
+            value=value,
+            headers=header,
+        )
+        other = next(s for s in seeds if s != service)
+        with pytest.raises(Unverified):
+            policy.verify(
+                producer=other,
+                source=f"scanner-auth/{other}",
+                topic="t",
+                key=b"k",
+                value=value,
+                headers=header,
+            )

@@ -1,11 +1,15 @@
 """The whole journey across the four services, as processes, as their users see it:
 admin → code → email → scanner redeems → uploads accepted → deauthorised → re-authorised →
-rotated; and no secret anywhere it should not be."""
+rotated; and no secret anywhere it should not be. Once on one process per service, once on two
+replicas of each behind their fronts (every request on a new connection, so consecutive
+requests of the journey land on both replicas): a change of the gate is awaited on every
+scan-ingest replica, each by its own port."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 
@@ -22,7 +26,21 @@ def topic_text(system: System, topic: str) -> str:
     return "\n".join(r.value.decode(errors="replace") for r in records)
 
 
-def test_the_journey_of_a_code(system: System) -> None:
+@pytest.fixture(params=["one process per service", "two replicas per service"])
+def any_system(request: pytest.FixtureRequest) -> Any:
+    return request.getfixturevalue(
+        "system" if request.param.startswith("one") else "replicated_system"
+    )
+
+
+def every_replica(system: System, credential: str, status: int) -> bool:
+    """Whether every scan-ingest replica answers an upload with `credential` with `status`."""
+    return set(system.upload_statuses(credential)) == {status}
+
+
+def test_the_journey_of_a_code(any_system: System) -> None:
+    system = any_system
+    fronts_before = {name: f.connections() for name, f in system.stack.fronts.items()}
     scanner = system.demo.scanners[0]
     sid = scanner.scanner_id
     secrets_seen: list[str] = []
@@ -77,7 +95,7 @@ def test_the_journey_of_a_code(system: System) -> None:
     assert r.status_code == 201, r.text
     credential = r.json()["credential"]
     secrets_seen.append(credential)
-    wait_until(lambda: system.upload_status(credential) == 202, 5, "gate opened")
+    wait_until(lambda: every_replica(system, credential, 202), 5, "gate opened")
 
     # a code redeems once
     r = system.redeem(code, scanner.serial_number)
@@ -103,16 +121,16 @@ def test_the_journey_of_a_code(system: System) -> None:
         assert r.status_code == 201, r.text
         rotated = r.json()["credential"]
     secrets_seen.append(rotated)
-    wait_until(lambda: system.upload_status(rotated) == 202, 5, "rotated credential accepted")
-    assert system.upload_status(credential) == 202
+    wait_until(lambda: every_replica(system, rotated, 202), 5, "rotated credential accepted")
+    assert every_replica(system, credential, 202)
 
     # deauthorised: the gate closes within about a second, for both credentials
     with system.as_user("ADMIN_JWT") as admin:
         assert admin.delete(f"/v1/scanners/{sid}/authorisation").status_code == 204
     started = time.monotonic()
-    wait_until(lambda: system.upload_status(rotated) == 403, 5, "gate closed")
+    wait_until(lambda: every_replica(system, rotated, 403), 5, "gate closed")
     closed_after = time.monotonic() - started
-    assert system.upload_status(credential) == 403
+    assert every_replica(system, credential, 403)
     assert closed_after < 3.0, closed_after
 
     # re-authorised with a new code: the new credential works, the old ones stay refused
@@ -132,8 +150,8 @@ def test_the_journey_of_a_code(system: System) -> None:
     assert r.status_code == 201, r.text
     renewed = r.json()["credential"]
     secrets_seen.append(renewed)
-    wait_until(lambda: system.upload_status(renewed) == 202, 5, "re-authorised")
-    assert system.upload_status(rotated) == 403
+    wait_until(lambda: every_replica(system, renewed, 202), 5, "re-authorised")
+    assert every_replica(system, rotated, 403)
 
     # every event other services rely on is there, and no secret is anywhere it should not be
     public = topic_text(system, PUBLIC_TOPIC)
@@ -158,3 +176,13 @@ def test_the_journey_of_a_code(system: System) -> None:
         assert secret not in notifications, "a secret on the notifications topic (only sealed)"
         assert secret not in logs, "a secret in a log line"
         assert all(secret not in body for body in bodies), "a secret in an error body"
+
+    # Through the fronts, both replicas of every service called over HTTP served the journey.
+    for name, front in system.stack.fronts.items():
+        if name == "notifier":
+            continue  # no client calls it
+        served = {
+            port: n - fronts_before[name].get(port, 0) for port, n in front.connections().items()
+        }
+        print(f"{name}: connections per replica {served}")
+        assert len(served) == 2 and all(served.values()), (name, served)

@@ -1,6 +1,7 @@
 """The fault suite runs on the stack it shares with tests/fuzz and tests/security (one per
 session: fault_kit.rig); every test makes its own scanners and users, and leaves the stack
-whole for the next (fault_kit.healed)."""
+whole for the next (fault_kit.healed). The broker-fault tests run on a stack of their own on a
+3-broker cluster (fault_kit.cluster_rig)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fault_kit import healed, rig
+from fault_kit import cluster_rig, healed, rig
 
-__all__ = ["healed", "rig"]
+__all__ = ["cluster_rig", "healed", "rig"]

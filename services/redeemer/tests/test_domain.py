@@ -24,9 +24,16 @@ from redeemer.domain import (
 pytestmark = pytest.mark.unit
 
 NOW = datetime(2025, 5, 1, 12, 0, tzinfo=UTC)
-TOKEN = TokenView(token_id="t1", scanner_id="sc-1", org_id="o", code_digest="d" * 64,
-                  status="active", expires_at=NOW + timedelta(days=3),
-                  scanner_serial="LVS-0001", scanner_removed=False)
+TOKEN = TokenView(
+    token_id="t1",
+    scanner_id="sc-1",
+    org_id="o",
+    code_digest="d" * 64,
+    status="active",
+    expires_at=NOW + timedelta(days=3),
+    scanner_serial="LVS-0001",
+    scanner_removed=False,
+)
 
 
 def test_a_good_token_for_its_own_scanner_is_not_refused():
@@ -34,20 +41,23 @@ def test_a_good_token_for_its_own_scanner_is_not_refused():
     assert refusal(TOKEN, "lvs-0001", NOW) is None  # serial numbers compare case-insensitively
 
 
-@pytest.mark.parametrize(("token", "serial", "reason"), [
-    (None, "LVS-0001", "invalid_code"),
-    (replace(TOKEN, status="revoked"), "LVS-0001", "revoked"),
-    (replace(TOKEN, status="redeemed"), "LVS-0001", "already_used"),
-    (replace(TOKEN, status="expired"), "LVS-0001", "expired"),
-    (replace(TOKEN, expires_at=NOW), "LVS-0001", "expired"),  # judged by the clock alone
-    (TOKEN, "LVS-0002", "serial_mismatch"),
-    (replace(TOKEN, scanner_serial=None), "LVS-0001", "serial_mismatch"),
-    (replace(TOKEN, scanner_removed=True), "LVS-0001", "serial_mismatch"),
-    # the order of the checks: revoked before used before expired before the serial
-    (replace(TOKEN, status="revoked", expires_at=NOW), "X", "revoked"),
-    (replace(TOKEN, status="redeemed", expires_at=NOW), "X", "already_used"),
-    (replace(TOKEN, expires_at=NOW), "X", "expired"),
-])
+@pytest.mark.parametrize(
+    ("token", "serial", "reason"),
+    [
+        (None, "LVS-0001", "invalid_code"),
+        (replace(TOKEN, status="revoked"), "LVS-0001", "revoked"),
+        (replace(TOKEN, status="redeemed"), "LVS-0001", "already_used"),
+        (replace(TOKEN, status="expired"), "LVS-0001", "expired"),
+        (replace(TOKEN, expires_at=NOW), "LVS-0001", "expired"),  # judged by the clock alone
+        (TOKEN, "LVS-0002", "serial_mismatch"),
+        (replace(TOKEN, scanner_serial=None), "LVS-0001", "serial_mismatch"),
+        (replace(TOKEN, scanner_removed=True), "LVS-0001", "serial_mismatch"),
+        # the order of the checks: revoked before used before expired before the serial
+        (replace(TOKEN, status="revoked", expires_at=NOW), "X", "revoked"),
+        (replace(TOKEN, status="redeemed", expires_at=NOW), "X", "already_used"),
+        (replace(TOKEN, expires_at=NOW), "X", "expired"),
+    ],
+)
 def test_refusals_in_order(token, serial, reason):
     assert refusal(token, serial, NOW) == reason
 

@@ -22,7 +22,9 @@ def _shapes(code: str) -> set[str]:
 
 
 async def test_codes_and_credentials_appear_in_no_log_event_answer_or_table(
-    start: Start, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str],
+    start: Start,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
 ):
     caplog.set_level(logging.DEBUG)
     secrets: set[str] = set()
@@ -68,8 +70,10 @@ async def test_codes_and_credentials_appear_in_no_log_event_answer_or_table(
                 assert not any(s in raw for s in secrets), topic
 
         # The database: every row of every table as text.
-        tables = [r[0] for r in await h.query(
-            "SELECT tablename FROM pg_tables WHERE schemaname = 'public'")]
+        tables = [
+            r[0]
+            for r in await h.query("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        ]
         for table in tables:
             for row in await h.query(f"SELECT row_to_json(t)::text FROM {table} t"):
                 assert not any(s in row[0] for s in secrets), table

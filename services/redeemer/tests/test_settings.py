@@ -23,9 +23,16 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "kafka.invalid:9092")
 
 
-@pytest.mark.parametrize("pepper", [None, "too-short-1234567", "changethis",
-                                    "please-change-me-to-a-long-random-secret-value",
-                                    "a" * 40])
+@pytest.mark.parametrize(
+    "pepper",
+    [
+        None,
+        "too-short-1234567",
+        "changethis",
+        "please-change-me-to-a-long-random-secret-value",
+        "a" * 40,
+    ],
+)
 def test_a_bad_token_pepper_is_refused_by_name_without_its_value(monkeypatch, pepper):
     if pepper is not None:
         monkeypatch.setenv("TOKEN_PEPPER", pepper)

@@ -29,8 +29,11 @@ async def test_five_failures_lock_the_serial_even_for_the_right_code(start: Star
         await h.register("sc-1", "LVS-0001")
         issued = await h.issue("sc-1")
         client = h.client()
-        before = _metric((await client.get("/metrics")).text,
-                         "scanner_auth_redeemer_lockouts_total", scope="serial")
+        before = _metric(
+            (await client.get("/metrics")).text,
+            "scanner_auth_redeemer_lockouts_total",
+            scope="serial",
+        )
         for _ in range(5):
             answer = await h.redeem(generate_code(), "LVS-0001", client)
             assert answer.status_code == 400 and answer.content == UNIFORM_REFUSAL
@@ -48,8 +51,9 @@ async def test_five_failures_lock_the_serial_even_for_the_right_code(start: Star
         metrics = (await client.get("/metrics")).text
         lockouts = _metric(metrics, "scanner_auth_redeemer_lockouts_total", scope="serial")
         assert lockouts == before + 1
-        assert _metric(metrics, "scanner_auth_redeemer_redemptions_total",
-                       outcome="rate_limited") >= 2
+        assert (
+            _metric(metrics, "scanner_auth_redeemer_redemptions_total", outcome="rate_limited") >= 2
+        )
 
         rejected = await h.wait_events("AuthorisationRejected", 8)
         reasons = [e.data["reason"] for e in rejected]
@@ -93,8 +97,11 @@ async def test_thirty_failures_from_one_address_lock_it(start: Start):
         # Another address is not locked, and the code is still good there.
         elsewhere = h.client("198.51.100.1")
         assert (await h.redeem(issued.code, "LVS-0001", elsewhere)).status_code == 201
-        limited = [e for e in await h.wait_events("AuthorisationRejected", 31)
-                   if e.data["reason"] == "rate_limited"]
+        limited = [
+            e
+            for e in await h.wait_events("AuthorisationRejected", 31)
+            if e.data["reason"] == "rate_limited"
+        ]
         assert [e.data["client_ip"] for e in limited] == [CLIENT_IP]
 
 
@@ -102,14 +109,19 @@ async def test_parallel_guesses_get_no_more_tries_than_sequential_ones(start: St
     async with start() as h:
         await h.register("sc-1", "LVS-0001")
         client = h.client()
-        answers = await asyncio.gather(*(h.redeem(generate_code(), "LVS-0001", client)
-                                         for _ in range(20)))
+        answers = await asyncio.gather(
+            *(h.redeem(generate_code(), "LVS-0001", client) for _ in range(20))
+        )
         assert sorted(a.status_code for a in answers) == [400] * 5 + [429] * 15
 
 
 async def test_locks_pass_and_the_address_window_slides(start: Start):
-    async with start(serial_lockout_failures=2, serial_lockout_seconds=1,
-                     address_lockout_failures=3, address_window_seconds=2) as h:
+    async with start(
+        serial_lockout_failures=2,
+        serial_lockout_seconds=1,
+        address_lockout_failures=3,
+        address_window_seconds=2,
+    ) as h:
         await h.register("sc-1", "LVS-0001")
         issued = await h.issue("sc-1")
         client, other = h.client(), h.client("198.51.100.1")
@@ -138,21 +150,34 @@ async def test_trusted_proxies_are_believed_and_no_one_else(start: Start):
         proxy, stranger = h.client("10.1.2.3"), h.client("203.0.113.9")
         # Behind the trusted proxy, the forwarded address is the client's.
         for n in range(2):
-            answer = await h.redeem(generate_code(), f"P-{n}", proxy,
-                                    **{"X-Forwarded-For": "198.51.100.7"})
+            answer = await h.redeem(
+                generate_code(), f"P-{n}", proxy, **{"X-Forwarded-For": "198.51.100.7"}
+            )
             assert answer.status_code == 400
-        assert (await h.redeem(generate_code(), "P-2", proxy,
-                               **{"X-Forwarded-For": "198.51.100.7"})).status_code == 429
+        assert (
+            await h.redeem(generate_code(), "P-2", proxy, **{"X-Forwarded-For": "198.51.100.7"})
+        ).status_code == 429
         # Another client behind the same proxy is not locked.
-        assert (await h.redeem(generate_code(), "P-3", proxy,
-                               **{"X-Forwarded-For": "198.51.100.8, 192.0.2.1"})).status_code == 400
+        assert (
+            await h.redeem(
+                generate_code(), "P-3", proxy, **{"X-Forwarded-For": "198.51.100.8, 192.0.2.1"}
+            )
+        ).status_code == 400
         # An untrusted peer cannot choose its address: its header is ignored, both ways.
-        assert (await h.redeem(generate_code(), "S-0", stranger,
-                               **{"X-Forwarded-For": "198.51.100.99"})).status_code == 400
-        assert (await h.redeem(generate_code(), "S-1", stranger,
-                               **{"X-Forwarded-For": "198.51.100.7"})).status_code == 400
+        assert (
+            await h.redeem(generate_code(), "S-0", stranger, **{"X-Forwarded-For": "198.51.100.99"})
+        ).status_code == 400
+        assert (
+            await h.redeem(generate_code(), "S-1", stranger, **{"X-Forwarded-For": "198.51.100.7"})
+        ).status_code == 400
 
         rejected = await h.wait_events("AuthorisationRejected", 6)
         by_serial = {e.data["serial_number"]: e.data["client_ip"] for e in rejected}
-        assert by_serial == {"P-0": "198.51.100.7", "P-1": "198.51.100.7", "P-2": "198.51.100.7",
-                             "P-3": "198.51.100.8", "S-0": "203.0.113.9", "S-1": "203.0.113.9"}
+        assert by_serial == {
+            "P-0": "198.51.100.7",
+            "P-1": "198.51.100.7",
+            "P-2": "198.51.100.7",
+            "P-3": "198.51.100.8",
+            "S-0": "203.0.113.9",
+            "S-1": "203.0.113.9",
+        }

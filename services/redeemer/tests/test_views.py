@@ -22,8 +22,10 @@ async def test_a_revocation_that_overtakes_its_token_issued_keeps_the_token_revo
         await h.wait_processed(first)
         await h.publish(PUBLIC_TOPIC, first)  # redelivered
         await h.wait_token(issued.token_id, "revoked")
-        assert await h.scalar("SELECT code_digest FROM tokens WHERE token_id = $1",
-                              issued.token_id) == data.code_digest
+        assert (
+            await h.scalar("SELECT code_digest FROM tokens WHERE token_id = $1", issued.token_id)
+            == data.code_digest
+        )
         answer = await h.redeem(issued.code, "LVS-0001")
         assert answer.status_code == 400 and answer.content == UNIFORM_REFUSAL
         [event] = await h.wait_events("AuthorisationRejected", 1)
@@ -44,10 +46,14 @@ async def test_token_endings_apply_to_active_tokens_only(start: Start):
         await h.expire(used)
 
         marker = await h.issue("sc-1")  # consumed after everything above (one partition key)
-        assert await h.scalar("SELECT status FROM tokens WHERE token_id = $1",
-                              expiring.token_id) == "expired"
-        assert await h.scalar("SELECT status FROM tokens WHERE token_id = $1",
-                              used.token_id) == "redeemed"
+        assert (
+            await h.scalar("SELECT status FROM tokens WHERE token_id = $1", expiring.token_id)
+            == "expired"
+        )
+        assert (
+            await h.scalar("SELECT status FROM tokens WHERE token_id = $1", used.token_id)
+            == "redeemed"
+        )
         assert (await h.redeem(expiring.code, "LVS-0001")).status_code == 400
         assert (await h.redeem(marker.code, "LVS-0001")).status_code == 201
         reasons = sorted(e.data["reason"] for e in await h.wait_events("AuthorisationRejected", 1))

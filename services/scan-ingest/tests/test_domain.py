@@ -13,16 +13,27 @@ import pytest
 from scan_ingest.domain import (
     INVALID_SCAN_ID,
     SOURCE,
+    Admission,
     CredentialFact,
+    CredentialRefused,
+    CredentialReplaced,
+    CredentialRevoked,
     CredentialState,
+    GracePeriodEnded,
+    InvalidScanId,
+    NotAnObject,
+    NotJson,
+    ScannerFacts,
     Standing,
     admits,
+    changed_standings,
     derive_standings,
-    rfc3339,
+    refusal_for,
     scan_id_for,
+    scan_id_of,
     scan_ingested_bytes,
 )
-from scanner_auth_shared.events import CloudEvent, ScanIngested, new_event, parse_data
+from scanner_auth_shared.events import CloudEvent, ScanIngested, new_event, parse_data, rfc3339
 
 pytestmark = pytest.mark.unit
 
@@ -140,7 +151,7 @@ def test_the_clients_scan_id_is_kept_and_a_missing_one_is_made_up() -> None:
     assert scan_id_for({"scan_id": "s"}) == "s"
     assert scan_id_for({"scan_id": "s" * 200}) == "s" * 200
     fresh = scan_id_for({"volume_m3": 1})
-    assert fresh is not None and uuid.UUID(fresh).version == 4
+    assert uuid.UUID(fresh).version == 4
     assert fresh != scan_id_for({"volume_m3": 1})
 
 
@@ -148,8 +159,72 @@ def test_the_clients_scan_id_is_kept_and_a_missing_one_is_made_up() -> None:
 def test_a_scan_id_that_is_not_a_string_of_1_to_200_characters_is_refused(value: object) -> None:
     # The OpenAPI document declares scan_id a string of 1 to 200 characters: present and
     # anything else is refused (422), never silently replaced by a fresh id.
-    assert scan_id_for({"scan_id": value, "volume_m3": 1}) is None
+    with pytest.raises(InvalidScanId) as refused:
+        scan_id_for({"scan_id": value, "volume_m3": 1})
+    assert str(refused.value) == INVALID_SCAN_ID
     assert INVALID_SCAN_ID == "scan_id must be a string of 1 to 200 characters"
+
+
+@pytest.mark.parametrize(
+    ("body", "refusal"),
+    [
+        (b"", NotJson),
+        (b"not json", NotJson),
+        (b'{"a": 1', NotJson),
+        (b"\xef\xbb\xbf{}", NotJson),  # a BOM: not RFC 8259
+        (b'{"a": NaN}', NotJson),
+        (b'{"a": "\xff"}', NotJson),  # not UTF-8
+        (b"[1, 2]", NotAnObject),
+        (b'"text"', NotAnObject),
+        (b"42", NotAnObject),
+        (b"null", NotAnObject),
+        (b'{"scan_id": 7}', InvalidScanId),
+    ],
+)
+def test_a_body_that_is_not_a_json_object_with_a_usable_scan_id_is_refused(
+    body: bytes, refusal: type[Exception]
+) -> None:
+    with pytest.raises(refusal):
+        scan_id_of(body)
+
+
+def test_the_scan_id_of_a_json_object_body() -> None:
+    assert scan_id_of(b' {"scan_id": "s-1", "volume_m3": 7} ') == "s-1"
+    assert uuid.UUID(scan_id_of(b"{}")).version == 4
+
+
+def _admission(state: CredentialState) -> Admission:
+    return Admission("sc-1", "org-1", "cred-1", state, admitted=False)
+
+
+def test_each_dead_standing_has_its_own_refusal_and_message() -> None:
+    cases = {
+        REVOKED: (CredentialRevoked, "the scanner's authorisation was withdrawn"),
+        REPLACED: (
+            CredentialReplaced,
+            "this credential was replaced: the scanner was authorised again",
+        ),
+        ROTATING: (GracePeriodEnded, "this credential was rotated and its grace period has ended"),
+    }
+    for state, (kind, message) in cases.items():
+        refusal = refusal_for(_admission(state))
+        assert type(refusal) is kind and isinstance(refusal, CredentialRefused)
+        assert str(refusal) == message
+        assert refusal.state == state and refusal.admission.credential_id == "cred-1"
+
+
+def test_only_the_standings_that_differ_from_the_stored_ones_are_to_store() -> None:
+    a, b = authorised("a", 0), rotated("b", 10, "a", 60)
+    stored_before_rotation = {a.digest: Standing(ACTIVE)}
+    changed = changed_standings(ScannerFacts([a, b], stored_before_rotation, None))
+    assert changed == {a.digest: Standing(ROTATING, at(70)), b.digest: Standing(ACTIVE)}
+    settled = {a.digest: Standing(ROTATING, at(70)), b.digest: Standing(ACTIVE)}
+    assert changed_standings(ScannerFacts([a, b], settled, None)) == {}
+    assert changed_standings(ScannerFacts([a, b], settled, at(10))) == {
+        a.digest: Standing(REVOKED),
+        b.digest: Standing(REVOKED),
+    }
+    assert changed_standings(ScannerFacts([], {}, at(10))) == {}
 
 
 def test_scan_ingested_bytes_is_the_contracts_event_with_the_body_as_sent() -> None:

@@ -1,5 +1,6 @@
-"""Fixtures of the token-issuer's tests: running services on real PostgreSQL and a real broker,
-a directory of two organisations, and a guard that no code ever reaches a log line."""
+"""Fixtures of the token-issuer's tests: the use cases in memory (unit), running services on real
+PostgreSQL and a real broker (integration), a directory of two organisations, and a guard that no
+code ever reaches a log line."""
 
 from __future__ import annotations
 
@@ -20,12 +21,27 @@ from token_issuer.settings import Settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from memory_world import World
 from token_issuer_support import Harness, code_forms, directory_of_two_orgs
 
 
 @pytest.fixture
-def make_settings(database_url: str, kafka: Any, identity: TestIdentity,
-                  test_secrets: Any) -> Callable[..., Settings]:
+def world() -> World:
+    """The use cases over the memory fakes, with an empty directory."""
+    return World()
+
+
+@pytest.fixture
+async def orgs(world: World) -> World:
+    """`world` with the directory of two organisations applied."""
+    await world.apply(*directory_of_two_orgs())
+    return world
+
+
+@pytest.fixture
+def make_settings(
+    database_url: str, kafka: Any, identity: TestIdentity, test_secrets: Any
+) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
             "database_url": database_url,
@@ -63,8 +79,13 @@ def log_lines(caplog: pytest.LogCaptureFixture) -> Iterator[io.StringIO]:
 
 @pytest.fixture
 async def make_service(
-    make_settings: Callable[..., Settings], identity: TestIdentity, kafka: Any, database_url: str,
-    log_lines: io.StringIO, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str],
+    make_settings: Callable[..., Settings],
+    identity: TestIdentity,
+    kafka: Any,
+    database_url: str,
+    log_lines: io.StringIO,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
 ) -> AsyncIterator[Callable[..., Any]]:
     """Start token-issuer runtimes (several may share the database). At the end: no code any
     of them handed out appears in a log record, a JSON log line, stdout or stderr."""
@@ -92,8 +113,13 @@ async def make_service(
     assert records  # the capture works
     for n, record in enumerate(records):
         texts[f"log record {n} ({record.name})"] = record.getMessage() + repr(vars(record))
-    leaks = [where for where, text in texts.items()
-             for code in codes for form in code_forms(code) if form in text]
+    leaks = [
+        where
+        for where, text in texts.items()
+        for code in codes
+        for form in code_forms(code)
+        if form in text
+    ]
     assert not leaks, f"an authorisation code reached: {leaks}"
     assert len(texts["json log lines"]) > 0  # the capture works
 

@@ -55,24 +55,43 @@ async def test_two_replicas_sweep_each_token_exactly_once(make_service: Any) -> 
     settings: dict[str, Any] = {"token_ttl_seconds": 2, "expiry_sweep_interval_seconds": 0.05}
     # Two replicas on one database, started together (one consumer-group rebalance).
     first, second = await asyncio.gather(make_service(**settings), make_service(**settings))
-    extra = [ScannerRegistered(scanner_id=f"sc-x{i}", org_id="org-a", serial_number=f"X-{i}",
-                               name=f"Extra {i}", model="LVS") for i in range(12)]
+    extra = [
+        ScannerRegistered(
+            scanner_id=f"sc-x{i}",
+            org_id="org-a",
+            serial_number=f"X-{i}",
+            name=f"Extra {i}",
+            model="LVS",
+        )
+        for i in range(12)
+    ]
     await first.directory(*directory_of_two_orgs(), *extra)
 
     scanners = [A1, *(e.scanner_id for e in extra)]
     tokens = await asyncio.gather(*(first.generate(ADMIN_A, s) for s in scanners))
     ids = {t["token_id"] for t in tokens}
 
-    expired = await wait_for_events(first.bootstrap, PUBLIC_TOPIC, "TokenExpired",
-                                    count=len(ids), timeout=30)
-    await asyncio.sleep(1.5)  # both sweepers keep running: nothing more may come
+    await wait_for_events(first.bootstrap, PUBLIC_TOPIC, "TokenExpired", count=len(ids), timeout=30)
+
+    async def all_expired() -> bool:
+        rows = await first.fetch("SELECT count(*) AS n FROM tokens WHERE status = 'active'")
+        return bool(rows[0]["n"] == 0)
+
+    # Once no token is active, no sweeper can write another TokenExpired (the UPDATE only
+    # expires an active token); once the outbox is empty, all that was written is on the topic.
+    await eventually(all_expired, 30)
+    await first.drained()
     expired = await events_on(first.bootstrap, PUBLIC_TOPIC, "TokenExpired")
     assert Counter(e.data["token_id"] for e in expired) == Counter(ids)
     by_id = {t["token_id"]: t for t in tokens}
     for event in expired:
         token = by_id[event.data["token_id"]]
-        assert event.data == {"token_id": token["token_id"], "scanner_id": token["scanner_id"],
-                              "org_id": "org-a", "expired_at": token["expires_at"]}
+        assert event.data == {
+            "token_id": token["token_id"],
+            "scanner_id": token["scanner_id"],
+            "org_id": "org-a",
+            "expired_at": token["expires_at"],
+        }
     rows = await first.fetch("SELECT status, code_ciphertext, expired_at FROM tokens")
     assert {r["status"] for r in rows} == {"expired"}
     assert all(r["code_ciphertext"] is None and r["expired_at"] is not None for r in rows)

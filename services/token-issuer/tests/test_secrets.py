@@ -22,13 +22,18 @@ def encodings(code: str) -> list[bytes]:
     out: list[bytes] = []
     for form in code_forms(code):
         raw = form.encode()
-        out += [raw, raw.hex().encode(), base64.b64encode(raw),
-                base64.urlsafe_b64encode(raw).rstrip(b"=")]
+        out += [
+            raw,
+            raw.hex().encode(),
+            base64.b64encode(raw),
+            base64.urlsafe_b64encode(raw).rstrip(b"="),
+        ]
     return out
 
 
 async def test_the_code_never_appears_in_the_database_or_on_the_public_topic(
-    two_orgs: Harness, caplog: pytest.LogCaptureFixture,
+    two_orgs: Harness,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     h = two_orgs
     # Every path the code travels: generate, supersede, view, email, revoke, redeem.
@@ -37,22 +42,36 @@ async def test_the_code_never_appears_in_the_database_or_on_the_public_topic(
     a2 = await h.generate(ADMIN_A, A2)
     b1 = await h.generate(ADMIN_B, B1)
     assert (await h.call(USER_A, "GET", f"/v1/scanners/{A1}/authorisation-token")).json()[
-        "code"] == a1_again["code"]
-    assert (await h.call(USER_A, "POST", f"/v1/scanners/{A1}/authorisation-token/email")
-            ).status_code == 202
-    assert (await h.call(ADMIN_A, "DELETE", f"/v1/scanners/{A2}/authorisation-token")
-            ).status_code == 204
-    events = await h.publish(PUBLIC_TOPIC, ScannerAuthorised(
-        scanner_id=B1, org_id="org-b", token_id=b1["token_id"], serial_number="LVS-B1-0003",
-        credential_id="cred-b1", credential_digest=hashlib.sha256(b"x").hexdigest(),
-        authorised_at=utcnow()), source="scanner-auth/redeemer")
+        "code"
+    ] == a1_again["code"]
+    assert (
+        await h.call(USER_A, "POST", f"/v1/scanners/{A1}/authorisation-token/email")
+    ).status_code == 202
+    assert (
+        await h.call(ADMIN_A, "DELETE", f"/v1/scanners/{A2}/authorisation-token")
+    ).status_code == 204
+    events = await h.publish(
+        PUBLIC_TOPIC,
+        ScannerAuthorised(
+            scanner_id=B1,
+            org_id="org-b",
+            token_id=b1["token_id"],
+            serial_number="LVS-B1-0003",
+            credential_id="cred-b1",
+            credential_digest=hashlib.sha256(b"x").hexdigest(),
+            authorised_at=utcnow(),
+        ),
+        source="scanner-auth/redeemer",
+    )
     await h.applied("token-issuer.authorisations", events)
     codes = [t["code"] for t in (a1, a1_again, a2, b1)]
     assert h.codes == set(codes)
 
     # The database, every table, every column, as text (bytea as hex).
-    tables = await h.fetch("SELECT table_name FROM information_schema.tables"
-                           " WHERE table_schema = 'public' AND table_type = 'BASE TABLE'")
+    tables = await h.fetch(
+        "SELECT table_name FROM information_schema.tables"
+        " WHERE table_schema = 'public' AND table_type = 'BASE TABLE'"
+    )
     names = {r["table_name"] for r in tables}
     assert {"tokens", "audit_log", "outbox", "scanners", "principals_seen"} <= names
     dump = b""
@@ -63,7 +82,8 @@ async def test_the_code_never_appears_in_the_database_or_on_the_public_topic(
     stored = await h.fetch("SELECT token_id, status, code_ciphertext FROM tokens")
     assert {r["status"] for r in stored} == {"active", "revoked", "redeemed"}
     assert [r["token_id"] for r in stored if r["code_ciphertext"] is not None] == [
-        a1_again["token_id"]]  # only the active token keeps its (encrypted) code
+        a1_again["token_id"]
+    ]  # only the active token keeps its (encrypted) code
     for code in codes:
         assert not [e for e in encodings(code) if e in dump]
 
@@ -78,8 +98,9 @@ async def test_the_code_never_appears_in_the_database_or_on_the_public_topic(
                 assert not [e for e in encodings(code) if e in record.value], topic
 
     # Audited, in the table and in a log line each.
-    audit = await h.fetch("SELECT action, actor_user_id, scanner_id, token_id FROM audit_log"
-                          " ORDER BY id")
+    audit = await h.fetch(
+        "SELECT action, actor_user_id, scanner_id, token_id FROM audit_log ORDER BY id"
+    )
     assert [(r["action"], r["actor_user_id"], r["scanner_id"], r["token_id"]) for r in audit] == [
         ("generated", ADMIN_A.sub, A1, a1["token_id"]),
         ("generated", SUPPORT.sub, A1, a1_again["token_id"]),
@@ -91,5 +112,6 @@ async def test_the_code_never_appears_in_the_database_or_on_the_public_topic(
     ]
     lines = [r for r in caplog.records if r.name == "scanner_auth.token_issuer.audit"]
     assert [(r.audit_action, r.actor_user_id, r.token_id) for r in lines] == [  # type: ignore[attr-defined]
-        (r["action"], r["actor_user_id"], r["token_id"]) for r in audit]
+        (r["action"], r["actor_user_id"], r["token_id"]) for r in audit
+    ]
     assert all(r.levelno == logging.INFO for r in lines)

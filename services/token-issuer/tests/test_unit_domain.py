@@ -28,18 +28,21 @@ VIEW = Access(can_view=True, can_manage=False)
 NONE = Access(can_view=False, can_manage=False)
 
 
-@pytest.mark.parametrize(("principal", "has_grant", "expected"), [
-    (who("org-a", "admin"), False, MANAGE),          # admin of the scanner's organisation
-    (who("org-a", "admin"), True, MANAGE),
-    (who("loadscan", "support"), False, MANAGE),     # support: every organisation
-    (who("org-b", "support"), False, MANAGE),
-    (who("org-a"), True, VIEW),                      # granted user of the same organisation
-    (who("org-a"), False, NONE),                     # same organisation, no grant
-    (who("org-b", "admin"), False, NONE),            # admin of another organisation
-    (who("org-b", "admin"), True, NONE),             # ... even with a (cross-org) grant
-    (who("org-b"), True, NONE),                      # a cross-organisation grant is ignored
-    (who("org-a", "viewer", "auditor"), False, NONE),  # unknown roles give nothing
-])
+@pytest.mark.parametrize(
+    ("principal", "has_grant", "expected"),
+    [
+        (who("org-a", "admin"), False, MANAGE),  # admin of the scanner's organisation
+        (who("org-a", "admin"), True, MANAGE),
+        (who("loadscan", "support"), False, MANAGE),  # support: every organisation
+        (who("org-b", "support"), False, MANAGE),
+        (who("org-a"), True, VIEW),  # granted user of the same organisation
+        (who("org-a"), False, NONE),  # same organisation, no grant
+        (who("org-b", "admin"), False, NONE),  # admin of another organisation
+        (who("org-b", "admin"), True, NONE),  # ... even with a (cross-org) grant
+        (who("org-b"), True, NONE),  # a cross-organisation grant is ignored
+        (who("org-a", "viewer", "auditor"), False, NONE),  # unknown roles give nothing
+    ],
+)
 def test_access_policy(principal: Principal, has_grant: bool, expected: Access) -> None:
     assert domain.access_to(principal, "org-a", has_grant=has_grant) == expected
 
@@ -55,10 +58,17 @@ def test_what_cannot_be_viewed_is_not_found_and_view_only_is_forbidden_to_manage
     domain.require(MANAGE, manage=True)
 
 
-def person(user: str = "u2", org: str | None = "org-a", *, grant: bool = False,
-           admin: bool = False, email: str | None = "u2@example.test") -> Person:
-    return Person(user_id=user, org_id=org, display_name="", email=email, has_grant=grant,
-                  seen_as_admin=admin)
+def person(
+    user: str = "u2",
+    org: str | None = "org-a",
+    *,
+    grant: bool = False,
+    admin: bool = False,
+    email: str | None = "u2@example.test",
+) -> Person:
+    return Person(
+        user_id=user, org_id=org, display_name="", email=email, has_grant=grant, seen_as_admin=admin
+    )
 
 
 def test_who_else_can_view_a_scanner() -> None:
@@ -74,14 +84,17 @@ def test_recipient_email() -> None:
     caller = who("org-a", user="me", email="me@jwt.example")
     # oneself: the directory's address, else the JWT's
     assert domain.choose_recipient_email(caller, "me", None, "org-a") == "me@jwt.example"
-    assert domain.choose_recipient_email(
-        caller, "me", person("me", email="me@dir.example"), "org-a") == "me@dir.example"
+    assert (
+        domain.choose_recipient_email(caller, "me", person("me", email="me@dir.example"), "org-a")
+        == "me@dir.example"
+    )
     no_mail = who("org-a", user="me")
     with pytest.raises(domain.RecipientRefused):
         domain.choose_recipient_email(no_mail, "me", None, "org-a")
     # someone else: known and able to view
     assert domain.choose_recipient_email(caller, "u2", person(grant=True), "org-a") == (
-        "u2@example.test")
+        "u2@example.test"
+    )
     with pytest.raises(domain.RecipientRefused):
         domain.choose_recipient_email(caller, "u2", None, "org-a")
     with pytest.raises(domain.RecipientRefused):

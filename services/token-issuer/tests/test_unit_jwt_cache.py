@@ -30,16 +30,29 @@ class CountingVerifier(JwtVerifier):
 
 def _setup() -> tuple[ec.EllipticCurvePrivateKey, CountingVerifier]:
     key = ec.generate_private_key(ec.SECP256R1())
-    pem = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
-    return key, CountingVerifier(issuer=ISSUER, audience=AUDIENCE, public_key_pem=pem,
-                                 leeway_seconds=0)
+    pem = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    return key, CountingVerifier(
+        issuer=ISSUER, audience=AUDIENCE, public_key_pem=pem, leeway_seconds=0
+    )
 
 
 def _mint(key: ec.EllipticCurvePrivateKey, exp: float) -> str:
-    return jwt.encode({"sub": "u-1", "org_id": "org-a", "roles": ["admin"], "iss": ISSUER,
-                       "aud": AUDIENCE, "exp": int(exp)}, key, algorithm="ES256")
+    return jwt.encode(
+        {
+            "sub": "u-1",
+            "org_id": "org-a",
+            "roles": ["admin"],
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "exp": int(exp),
+        },
+        key,
+        algorithm="ES256",
+    )
 
 
 def test_a_remembered_token_stops_working_at_its_expiry() -> None:

@@ -14,14 +14,27 @@ from token_issuer.settings import Settings
 
 pytestmark = pytest.mark.unit
 
-VARIABLES = ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "AUTH_JWKS_URL", "AUTH_PUBLIC_KEY_PEM",
-             "AUTH_ISSUER", "AUTH_AUDIENCE", "TOKEN_PEPPER", "SEALING_KEY", "CODE_ENCRYPTION_KEY",
-             "TOKEN_TTL_SECONDS", "HTTP_PORT")
+VARIABLES = (
+    "DATABASE_URL",
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "AUTH_JWKS_URL",
+    "AUTH_PUBLIC_KEY_PEM",
+    "AUTH_ISSUER",
+    "AUTH_AUDIENCE",
+    "TOKEN_PEPPER",
+    "SEALING_KEY",
+    "CODE_ENCRYPTION_KEY",
+    "TOKEN_TTL_SECONDS",
+    "HTTP_PORT",
+)
 
 
 def pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> str:
-    return key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
 
 
 def good_env() -> dict[str, str]:
@@ -61,15 +74,18 @@ def test_a_missing_secret_is_refused_by_name(env: pytest.MonkeyPatch, variable: 
         load_settings(Settings)
 
 
-@pytest.mark.parametrize(("variable", "value"), [
-    ("TOKEN_PEPPER", "too-short-to-be-a-pepper"),
-    ("TOKEN_PEPPER", "please-change-me-to-a-long-random-secret-value"),  # published default
-    ("TOKEN_PEPPER", "a" * 40),                                            # no variety
-    ("SEALING_KEY", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),       # 32 zero bytes
-    ("SEALING_KEY", base64.b64encode(b"0123456789abcdef").decode()),      # 16 bytes
-    ("CODE_ENCRYPTION_KEY", "changeme"),
-    ("CODE_ENCRYPTION_KEY", "YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE="),
-])
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("TOKEN_PEPPER", "too-short-to-be-a-pepper"),
+        ("TOKEN_PEPPER", "please-change-me-to-a-long-random-secret-value"),  # published default
+        ("TOKEN_PEPPER", "a" * 40),  # no variety
+        ("SEALING_KEY", "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),  # 32 zero bytes
+        ("SEALING_KEY", base64.b64encode(b"0123456789abcdef").decode()),  # 16 bytes
+        ("CODE_ENCRYPTION_KEY", "changeme"),
+        ("CODE_ENCRYPTION_KEY", "YWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWFhYWE="),
+    ],
+)
 def test_a_weak_or_default_secret_is_refused_by_name_without_echoing_it(
     env: pytest.MonkeyPatch, variable: str, value: str
 ) -> None:
@@ -101,8 +117,9 @@ def test_jwt_verification_must_be_configured(env: pytest.MonkeyPatch) -> None:
 
 
 def test_an_unusable_public_key_is_refused(env: pytest.MonkeyPatch) -> None:
-    env.setenv("AUTH_PUBLIC_KEY_PEM",
-               "-----BEGIN PUBLIC KEY-----\nnonsense\n-----END PUBLIC KEY-----")
+    env.setenv(
+        "AUTH_PUBLIC_KEY_PEM", "-----BEGIN PUBLIC KEY-----\nnonsense\n-----END PUBLIC KEY-----"
+    )
     with pytest.raises(ConfigurationError, match="AUTH_PUBLIC_KEY_PEM"):
         load_settings(Settings)
     env.setenv("AUTH_PUBLIC_KEY_PEM", pem(rsa.generate_private_key(65537, 1024)))  # too short

@@ -12,7 +12,6 @@ from typing import Any
 import asyncpg
 import httpx
 
-from scanner_auth_shared.db import asyncpg_dsn
 from scanner_auth_shared.events import (
     DIRECTORY_TOPIC,
     CloudEvent,
@@ -21,6 +20,7 @@ from scanner_auth_shared.events import (
     ScannerRegistered,
     UserUpserted,
 )
+from scanner_auth_shared.postgres import asyncpg_dsn
 from scanner_auth_shared.runtime import ServiceRuntime
 from scanner_auth_shared.testing.identity import TestIdentity
 from scanner_auth_shared.testing.kafka import publish_events
@@ -50,23 +50,37 @@ CROSS_B = Who("u-cross-b", "org-b", (), "cross.b@b.example")  # org B, with a gr
 A1, A2, B1 = "sc-a1", "sc-a2", "sc-b1"
 
 SCANNERS = {
-    A1: ScannerRegistered(scanner_id=A1, org_id="org-a", serial_number="LVS-A1-0001",
-                          name="Alpha quarry loader", model="LVS"),
-    A2: ScannerRegistered(scanner_id=A2, org_id="org-a", serial_number="MPS-A2-0002",
-                          name="Alpha pit", model="MPS"),
-    B1: ScannerRegistered(scanner_id=B1, org_id="org-b", serial_number="LVS-B1-0003",
-                          name="Bravo mine", model="LVS"),
+    A1: ScannerRegistered(
+        scanner_id=A1,
+        org_id="org-a",
+        serial_number="LVS-A1-0001",
+        name="Alpha quarry loader",
+        model="LVS",
+    ),
+    A2: ScannerRegistered(
+        scanner_id=A2, org_id="org-a", serial_number="MPS-A2-0002", name="Alpha pit", model="MPS"
+    ),
+    B1: ScannerRegistered(
+        scanner_id=B1, org_id="org-b", serial_number="LVS-B1-0003", name="Bravo mine", model="LVS"
+    ),
 }
 
 
 def directory_of_two_orgs() -> list[EventData]:
     users = [
         UserUpserted(user_id=w.sub, org_id=w.org_id, email=w.email or "", display_name=name)
-        for w, name in ((ADMIN_A, "Ada Admin"), (USER_A, "Uma User"), (PLAIN_A, "Pia Plain"),
-                        (ADMIN_B, "Ben Admin"), (CROSS_B, "Cai Cross"))
+        for w, name in (
+            (ADMIN_A, "Ada Admin"),
+            (USER_A, "Uma User"),
+            (PLAIN_A, "Pia Plain"),
+            (ADMIN_B, "Ben Admin"),
+            (CROSS_B, "Cai Cross"),
+        )
     ]
-    grants = [ScannerAccessGranted(scanner_id=A1, user_id=USER_A.sub),
-              ScannerAccessGranted(scanner_id=A1, user_id=CROSS_B.sub)]
+    grants = [
+        ScannerAccessGranted(scanner_id=A1, user_id=USER_A.sub),
+        ScannerAccessGranted(scanner_id=A1, user_id=CROSS_B.sub),
+    ]
     return [*grants, *SCANNERS.values(), *users]  # grants first: order must not matter
 
 
@@ -121,8 +135,9 @@ class Harness:
         finally:
             await conn.close()
 
-    async def publish(self, topic: str, *datas: EventData | CloudEvent,
-                      source: str = "myscanner/directory") -> list[CloudEvent]:
+    async def publish(
+        self, topic: str, *datas: EventData | CloudEvent, source: str = "myscanner/directory"
+    ) -> list[CloudEvent]:
         return await publish_events(self.bootstrap, topic, *datas, source=source)
 
     async def applied(self, consumer: str, events: list[CloudEvent], timeout: float = 20) -> None:
@@ -133,8 +148,20 @@ class Harness:
     async def _processed(self, consumer: str, ids: list[str]) -> bool:
         rows = await self.fetch(
             "SELECT count(*) AS n FROM processed_events WHERE consumer = $1 AND event_id = ANY($2)",
-            consumer, ids)
+            consumer,
+            ids,
+        )
         return bool(rows[0]["n"] == len(set(ids)))
+
+    async def drained(self, timeout: float = 20) -> None:
+        """Wait until the relay has published everything committed so far (it deletes an outbox
+        row once the broker acknowledged it): what is not on the topic then was never written."""
+
+        async def empty() -> bool:
+            rows = await self.fetch("SELECT count(*) AS n FROM outbox")
+            return bool(rows[0]["n"] == 0)
+
+        await eventually(empty, timeout)
 
     async def directory(self, *datas: EventData | CloudEvent) -> list[CloudEvent]:
         events = await self.publish(DIRECTORY_TOPIC, *datas)

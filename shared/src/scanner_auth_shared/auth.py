@@ -22,6 +22,27 @@ class InvalidToken(Exception):
     """The bearer token is missing, malformed, badly signed, expired or not for us."""
 
 
+class KeysUnavailable(ConnectionError):
+    """The identity provider's JWKS could not be fetched: an outage (503), not a bad token."""
+
+
+_LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+
+
+def check_jwks_url(url: str) -> str:
+    """AUTH_JWKS_URL must be https: keys fetched over plain HTTP could be replaced on the way,
+    and whoever replaces them signs in as anyone. Plain HTTP is accepted on loopback only (a
+    sidecar or a dev identity provider on the same host). ValueError otherwise."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return url
+    if parts.scheme == "http" and parts.hostname in _LOOPBACK:
+        return url
+    raise ValueError("must be an https:// URL (plain http only on loopback)")
+
+
 @dataclass(frozen=True, slots=True)
 class Principal:
     """The verified caller."""
@@ -73,7 +94,7 @@ class JwtVerifier:
             key = load_pem_public_key(public_key_pem.strip().encode())
             self._static = (key, _alg_for(key))
         self._jwks = (
-            jwt.PyJWKClient(jwks_url, cache_keys=True, lifespan=jwks_cache_seconds)
+            jwt.PyJWKClient(check_jwks_url(jwks_url), cache_keys=True, lifespan=jwks_cache_seconds)
             if jwks_url
             else None
         )
@@ -90,13 +111,19 @@ class JwtVerifier:
         try:
             # PyJWKClient fetches with urllib: keep that off the event loop.
             signing = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
+        except jwt.PyJWKClientConnectionError as exc:
+            raise KeysUnavailable("the identity provider's keys could not be fetched") from exc
         except jwt.PyJWKClientError as exc:
             raise InvalidToken("no matching signing key") from exc
-        except jwt.PyJWTError as exc:
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
             raise InvalidToken("malformed token") from exc
         self._jwks_checked = time.monotonic()
         key = signing.key
-        return key, _alg_for(key)
+        try:
+            return key, _alg_for(key)
+        except ValueError:
+            # A key of another type (or size) in the JWKS: not one we verify with.
+            raise InvalidToken("the signing key is not an ES256 or RS256 key") from None
 
     async def verify(self, token: str) -> Principal:
         if not token or token.count(".") != 2:

@@ -8,7 +8,9 @@ each batch of records:
 
 1. every record is parsed as a CloudEvent and its data as the contract's model for its type; a
    record that is not one goes to `<topic>.dlq` at once (its original bytes, headers saying which
-   consumer, why and when); a type without a handler is skipped (schemas grow);
+   consumer, why and when); a type without a handler is skipped (schemas grow); a record that
+   does not prove it comes from its type's producer (`signing.TrustPolicy`) goes to the DLQ too,
+   with reason `unverified`, and has no effect;
 2. the batch is applied in one unit of work: the inbox claims the events' ids (one statement;
    an id seen before is skipped, so a redelivery has no second effect), each handler applies its
    event, one commit;
@@ -41,6 +43,7 @@ from .logs import redact
 from .messaging import documented_body
 from .retry import through_outages
 from .settings import ServiceSettings
+from .signing import NO_TRUST, TrustPolicy, Unverified, policy_for
 from .uow import UnitOfWork
 
 log = logging.getLogger("scanner_auth.consumer")
@@ -90,11 +93,13 @@ class ConsumerRunner(Generic[U]):
         broker: KafkaBroker,
         *,
         max_attempts: int,
+        trust: TrustPolicy = NO_TRUST,
     ) -> None:
         self.consumer = consumer
         self.unit_of_work = unit_of_work
         self.broker = broker
         self.max_attempts = max_attempts
+        self.trust = trust
         self._types = consumer.types
         self._handlers = {model.event_type: h for model, h in consumer.handlers.items()}
 
@@ -132,10 +137,24 @@ class ConsumerRunner(Generic[U]):
             if model is None:
                 metrics.EVENTS_CONSUMED.labels(name, "ignored").inc()
                 return None
-            return _Item(record, event, model.model_validate(event.data))
+            data = model.model_validate(event.data)
         except (PoisonMessage, ValidationError, ValueError) as exc:
             await self.dead_letter(record, "unparseable", _describe(exc), attempts=1)
             return None
+        try:
+            self.trust.verify(
+                producer=model.producer,
+                source=event.source,
+                topic=record.topic,
+                key=record.key,
+                value=record.value or b"",
+                headers=record.headers or (),
+            )
+        except Unverified as exc:
+            metrics.EVENTS_UNVERIFIED.labels(name).inc()
+            await self.dead_letter(record, "unverified", str(exc), attempts=1)
+            return None
+        return _Item(record, event, data)
 
     async def _apply(self, items: list[_Item]) -> None:
         """All of `items` in one unit of work, retried through outages."""
@@ -266,14 +285,19 @@ def subscribe(
 ) -> Any:
     """Register `consumer` on `broker`: one batch subscriber of its own group."""
     runner = ConsumerRunner(
-        consumer, unit_of_work, broker, max_attempts=settings.consumer_max_attempts
+        consumer,
+        unit_of_work,
+        broker,
+        max_attempts=settings.consumer_max_attempts,
+        trust=policy_for(settings, (model.producer for model in consumer.handlers)),
     )
 
     async def on_batch(body: list[bytes], msg: KafkaMessage) -> None:
         await runner.handle_batch(msg.raw_message)
 
     # For the AsyncAPI document (`scanner-auth contracts`): what this consumer reads.
-    on_batch.__annotations__["body"] = list[documented_body(list(consumer.handlers))]  # type: ignore[misc]
+    # One record is one event: the document describes a message, not the batch it came in.
+    on_batch.__annotations__["body"] = documented_body(list(consumer.handlers))
 
     subscriber = broker.subscriber(
         consumer.topic,

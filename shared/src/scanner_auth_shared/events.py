@@ -94,6 +94,9 @@ class EventData(BaseModel):
 
     event_type: ClassVar[str]
     topic: ClassVar[str]
+    # Who may produce it: one of the four services, or "directory" (MyScanner's directory).
+    # Consumers check it (signatures: scanner_auth_shared.signing).
+    producer: ClassVar[str]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -111,6 +114,7 @@ class ScannerRegistered(EventData):
     """A scanner exists (or its details changed) in the MyScanner directory."""
 
     topic: ClassVar[str] = DIRECTORY_TOPIC
+    producer: ClassVar[str] = "directory"
     scanner_id: str = Field(min_length=1, max_length=200, description="Scanner id.")
     org_id: str = Field(min_length=1, max_length=200, description="Owning organisation.")
     serial_number: str = Field(min_length=1, max_length=64, description="Device serial number.")
@@ -122,6 +126,7 @@ class ScannerRemoved(EventData):
     """The scanner was removed from the directory."""
 
     topic: ClassVar[str] = DIRECTORY_TOPIC
+    producer: ClassVar[str] = "directory"
     scanner_id: str = Field(min_length=1, max_length=200, description="Scanner id.")
 
 
@@ -129,6 +134,7 @@ class UserUpserted(EventData):
     """A user exists (or changed) in the directory."""
 
     topic: ClassVar[str] = DIRECTORY_TOPIC
+    producer: ClassVar[str] = "directory"
     user_id: str = Field(min_length=1, max_length=200, description="User id (JWT sub).")
     org_id: str = Field(min_length=1, max_length=200, description="The user's organisation.")
     email: str = Field(min_length=3, max_length=320, description="Email address.")
@@ -139,6 +145,7 @@ class ScannerAccessGranted(EventData):
     """The user may view the scanner."""
 
     topic: ClassVar[str] = DIRECTORY_TOPIC
+    producer: ClassVar[str] = "directory"
     scanner_id: str = Field(min_length=1, max_length=200, description="Scanner id.")
     user_id: str = Field(min_length=1, max_length=200, description="User id.")
 
@@ -147,6 +154,7 @@ class ScannerAccessRevoked(EventData):
     """The user may no longer view the scanner."""
 
     topic: ClassVar[str] = DIRECTORY_TOPIC
+    producer: ClassVar[str] = "directory"
     scanner_id: str = Field(min_length=1, max_length=200, description="Scanner id.")
     user_id: str = Field(min_length=1, max_length=200, description="User id.")
 
@@ -158,6 +166,7 @@ class TokenIssued(EventData):
     """An authorisation code was generated for a scanner. Carries its digest, never the code."""
 
     topic: ClassVar[str] = PUBLIC_TOPIC
+    producer: ClassVar[str] = "token-issuer"
     token_id: str = Field(description="Token id.")
     scanner_id: str = Field(description="Scanner id.")
     org_id: str = Field(description="The scanner's organisation.")
@@ -174,6 +183,7 @@ class TokenRevoked(EventData):
     """An active code was withdrawn: replaced by a newer one, or revoked by a manager."""
 
     topic: ClassVar[str] = PUBLIC_TOPIC
+    producer: ClassVar[str] = "token-issuer"
     token_id: str = Field(description="Token id.")
     scanner_id: str = Field(description="Scanner id.")
     org_id: str = Field(description="The scanner's organisation.")
@@ -186,6 +196,7 @@ class TokenExpired(EventData):
     """An unused code reached its expiry time."""
 
     topic: ClassVar[str] = PUBLIC_TOPIC
+    producer: ClassVar[str] = "token-issuer"
     token_id: str = Field(description="Token id.")
     scanner_id: str = Field(description="Scanner id.")
     org_id: str = Field(description="The scanner's organisation.")
@@ -196,6 +207,7 @@ class ScannerAuthorised(EventData):
     """A scanner redeemed a code and received a credential; scan-ingest accepts it from now on."""
 
     topic: ClassVar[str] = PUBLIC_TOPIC
+    producer: ClassVar[str] = "redeemer"
     scanner_id: str = Field(description="Scanner id.")
     org_id: str = Field(description="The scanner's organisation.")
     token_id: str = Field(description="The redeemed token.")
@@ -211,6 +223,7 @@ class ScannerDeauthorised(EventData):
     """A manager withdrew a scanner's authorisation: its credentials stop working."""
 
     topic: ClassVar[str] = PUBLIC_TOPIC
+    producer: ClassVar[str] = "token-issuer"
     scanner_id: str = Field(description="Scanner id.")
     org_id: str = Field(description="The scanner's organisation.")
     credential_id: str | None = Field(
@@ -229,6 +242,7 @@ class CredentialRotated(EventData):
     """A scanner exchanged its credential for a new one; the old one works until a deadline."""
 
     topic: ClassVar[str] = PUBLIC_TOPIC
+    producer: ClassVar[str] = "redeemer"
     scanner_id: str = Field(description="Scanner id.")
     org_id: str = Field(description="The scanner's organisation.")
     credential_id: str = Field(description="Id of the new credential.")
@@ -244,6 +258,7 @@ class AuthorisationRejected(EventData):
     """A redemption attempt failed. Never carries the attempted code."""
 
     topic: ClassVar[str] = PUBLIC_TOPIC
+    producer: ClassVar[str] = "redeemer"
     serial_number: str = Field(max_length=64, description="As presented, at most 64 characters.")
     reason: Literal[
         "invalid_code", "expired", "already_used", "revoked", "serial_mismatch", "rate_limited"
@@ -259,6 +274,7 @@ class TokenEmailRequested(EventData):
     """Someone asked for the code to be emailed. Internal: carries the code sealed."""
 
     topic: ClassVar[str] = NOTIFICATIONS_TOPIC
+    producer: ClassVar[str] = "token-issuer"
     notification_id: str = Field(description="Id of this email; one email per id at most.")
     token_id: str = Field(description="Token id.")
     scanner_id: str = Field(description="Scanner id.")
@@ -278,6 +294,7 @@ class NotificationSent(EventData):
     """The SMTP relay accepted the email."""
 
     topic: ClassVar[str] = NOTIFICATIONS_TOPIC
+    producer: ClassVar[str] = "notifier"
     notification_id: str = Field(description="Notification id.")
     sent_at: Time = Field(description="When the relay answered 250.")
     smtp_message_id: str = Field(description="The Message-ID header of the email.")
@@ -287,6 +304,7 @@ class NotificationFailed(EventData):
     """The email was not sent and will not be."""
 
     topic: ClassVar[str] = NOTIFICATIONS_TOPIC
+    producer: ClassVar[str] = "notifier"
     notification_id: str = Field(description="Notification id.")
     permanent: bool = Field(description="True for a permanent refusal (5xx) or a dead code.")
     attempts: int = Field(description="Delivery attempts made.")
@@ -297,6 +315,7 @@ class ScanIngested(EventData):
     """An authorised scanner uploaded scan data."""
 
     topic: ClassVar[str] = SCANS_TOPIC
+    producer: ClassVar[str] = "scan-ingest"
     scan_id: str = Field(description="The client's scan id when the upload carried one.")
     scanner_id: str = Field(description="Scanner id.")
     org_id: str = Field(description="The scanner's organisation.")

@@ -10,9 +10,12 @@ own and starts it from that classpath on free loopback ports:
   created with the production settings of `deploy/k8s/topics` (replication 3,
   `min.insync.replicas` 2): the broker-fault tests. A dedicated controller keeps the metadata
   quorum alive while brokers are killed, so that what is measured is the brokers' replication.
-- `scram_users`: a SASL/SCRAM-SHA-512 client listener with the KRaft `StandardAuthorizer`; the
-  internal listener (inter-broker, and the operator's ANONYMOUS super user) stays plaintext on
-  loopback.
+- `scram_users`: a SASL/SCRAM-SHA-512 client listener with the KRaft `StandardAuthorizer`
+  (`allow.everyone.if.no.acl.found=false`: a principal may do only what an ACL grants it); the
+  internal listener (inter-broker, and the operator's ANONYMOUS super user, `internal_bootstrap`,
+  through which ACLs are created) stays plaintext on loopback. `tls=True` makes the client
+  listener SASL_SSL: a CA and a broker certificate (127.0.0.1, localhost) are made at format
+  time, the broker reads them as a PEM key store, clients verify it with `ca_file`.
 
 Nodes can be killed (SIGKILL), stopped and started again with their data, or paused (SIGSTOP).
 Nothing here runs at import time; dev and tests only (not in the image).
@@ -22,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import ipaddress
 import os
 import shutil
 import signal
@@ -205,6 +210,7 @@ class ApacheKafka:
         brokers: int = 1,
         topics: Iterable[TopicSpec] | None = None,
         scram_users: dict[str, str] | None = None,
+        tls: bool = False,
         heap: str = "512m",
         fast_jit: bool = True,
         settings: dict[str, str] | None = None,
@@ -212,11 +218,14 @@ class ApacheKafka:
         """`topics`: created at start (default: the production topics, replication capped at
         the number of brokers). `fast_jit`: the C1 compiler only, which starts a JVM in about
         half the time and is what tests want; benchmarks turn it off. `settings`: extra broker
-        properties."""
+        properties. `scram_users` (name: password) and `tls`: see the module's docstring."""
+        if tls and not scram_users:
+            raise ValueError("tls=True secures the SASL client listener: give scram_users too")
         self.root = root
         self.brokers_count = brokers
         self.topics = list(topics) if topics is not None else production_topics()
         self.scram_users = dict(scram_users or {})
+        self.tls = tls
         self.heap = heap
         self.fast_jit = fast_jit
         self.extra = dict(settings or {})
@@ -256,17 +265,31 @@ class ApacheKafka:
         return ",".join(f"127.0.0.1:{p}" for p in ports)
 
     @property
+    def security_protocol(self) -> str:
+        """What a client of `bootstrap` sets as KAFKA_SECURITY_PROTOCOL."""
+        if not self.scram_users:
+            return "PLAINTEXT"
+        return "SASL_SSL" if self.tls else "SASL_PLAINTEXT"
+
+    @property
+    def ca_file(self) -> Path | None:
+        """The CA certificate (PEM) that signed the brokers' certificate, with `tls`."""
+        return self.root / "tls" / "ca.crt" if self.tls else None
+
+    @property
     def brokers(self) -> list[KafkaNode]:
         return [n for n in self.nodes if n.is_broker]
 
     @property
     def description(self) -> str:
-        return self.describe(brokers=self.brokers_count, secured=bool(self.scram_users))
+        return self.describe(
+            brokers=self.brokers_count, secured=bool(self.scram_users), tls=self.tls
+        )
 
     @staticmethod
-    def describe(*, brokers: int, secured: bool = False) -> str:
+    def describe(*, brokers: int, secured: bool = False, tls: bool = False) -> str:
         shape = "1 node" if brokers == 1 else f"a controller and {brokers} brokers"
-        auth = ", SASL/SCRAM and ACLs" if secured else ""
+        auth = (", TLS" if tls else "") + (", SASL/SCRAM and ACLs" if secured else "")
         return f"Apache Kafka {KAFKA_VERSION} (KRaft, {shape}{auth})"
 
     def broker(self, node_id: int) -> KafkaNode:
@@ -414,7 +437,7 @@ class ApacheKafka:
             if self.scram_users:
                 listeners.append(f"INTERNAL://127.0.0.1:{node.internal_port}")
                 advertised.append(f"INTERNAL://127.0.0.1:{node.internal_port}")
-                protocols += ["CLIENT:SASL_PLAINTEXT", "INTERNAL:PLAINTEXT"]
+                protocols += [f"CLIENT:{self.security_protocol}", "INTERNAL:PLAINTEXT"]
                 props.update(
                     {
                         "inter.broker.listener.name": "INTERNAL",
@@ -422,6 +445,16 @@ class ApacheKafka:
                         "listener.name.client.scram-sha-512.sasl.jaas.config": SCRAM_LOGIN,
                     }
                 )
+                if self.tls:
+                    # Kafka 3.0+ reads PEM key stores: the key (PKCS#8) and its chain, one file.
+                    keystore = self.root / "tls" / "broker.pem"
+                    props.update(
+                        {
+                            "listener.name.client.ssl.keystore.type": "PEM",
+                            "listener.name.client.ssl.keystore.location": str(keystore),
+                            "listener.name.client.ssl.client.auth": "none",
+                        }
+                    )
             else:
                 protocols.append("CLIENT:PLAINTEXT")
                 props["inter.broker.listener.name"] = "CLIENT"
@@ -448,6 +481,8 @@ class ApacheKafka:
 
     def _format(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+        if self.tls:
+            write_tls_material(self.root / "tls", hosts=["127.0.0.1", "localhost"])
         scram = [
             f"SCRAM-SHA-512=[name={name},password={password}]"
             for name, password in self.scram_users.items()
@@ -585,6 +620,78 @@ class ApacheKafka:
                 await admin.create_topics(wanted, timeout_ms=30_000)
 
 
+def write_tls_material(folder: Path, hosts: Iterable[str]) -> None:
+    """A CA (`ca.crt`) and a server certificate for `hosts` (IP addresses or DNS names) signed
+    by it, with its key: `server.key`, `server.crt` (the certificate then the CA) and
+    `broker.pem` (the key then that chain: Kafka's PEM key store). EC P-256, valid for a week;
+    files readable by this user only. Tests and dev only."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    now = datetime.datetime.now(datetime.UTC)
+    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=7)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "scanner-auth test CA")])
+    signing_only = x509.KeyUsage(
+        digital_signature=False, content_commitment=False, key_encipherment=False,
+        data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+        encipher_only=False, decipher_only=False,
+    )  # fmt: skip
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(signing_only, critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "scanner-auth test")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    key_pem = key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    chain = cert.public_bytes(pem) + ca.public_bytes(pem)
+    files = {
+        "ca.crt": ca.public_bytes(pem),
+        "server.key": key_pem,
+        "server.crt": chain,
+        "broker.pem": key_pem + chain,
+    }
+    for name, content in files.items():
+        fd = os.open(folder / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(content)
+
+
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     """Run `coro` to completion from sync code, even when an event loop runs in this thread
     (a sync fixture of an async test): then in a thread of its own."""
@@ -618,11 +725,15 @@ def _log_config() -> str:
 
 
 def _cluster_id() -> str:
-    """A KRaft cluster id: 16 random bytes, base64url without padding (what StorageTool
-    random-uuid prints)."""
+    """A KRaft cluster id: 16 random bytes, base64url without padding, as Kafka's own
+    `Uuid.randomUuid()` makes them: never starting with "-", which the storage tool's argument
+    parser would read as an option (one id in 64 otherwise)."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
 
 
 def _tail(path: Path, lines: int = 25) -> str:
@@ -658,6 +769,7 @@ __all__ = [
     "production_topics",
     "run_sync",
     "run_tool",
+    "write_tls_material",
 ]
 
 

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import logging
@@ -105,7 +106,8 @@ def create_broker(settings: ServiceSettings, service: str, **producer: Any) -> K
     if settings.kafka_idempotence == "off":
         options["enable_idempotence"] = False
     return KafkaBroker(
-        settings.kafka_bootstrap_servers,
+        # A list: faststream wraps a string in one, and "h1:9092,h2:9092" is then one bad host.
+        [h.strip() for h in settings.kafka_bootstrap_servers.split(",") if h.strip()],
         client_id=f"{settings.kafka_client_id}-{service}",
         logger=logging.getLogger(f"scanner_auth.{service}.kafka"),
         graceful_timeout=settings.shutdown_grace_seconds,
@@ -129,7 +131,7 @@ async def broker_grants_producer_ids(broker: KafkaBroker) -> bool:
     Kafka does; Tansu (`scanner-auth dev`'s default broker, the acceptance checks') answers
     UNKNOWN_SERVER_ERROR. A connection failure raises: that is an outage, not an answer."""
     from aiokafka.client import AIOKafkaClient
-    from aiokafka.errors import KafkaConnectionError, KafkaError
+    from aiokafka.errors import KafkaConnectionError, KafkaError, for_code
     from aiokafka.protocol.transaction import InitProducerIdRequest
 
     accepted = set(inspect.signature(AIOKafkaClient).parameters)
@@ -137,16 +139,26 @@ async def broker_grants_producer_ids(broker: KafkaBroker) -> bool:
     client = AIOKafkaClient(**options)
     try:
         await client.bootstrap()
-        node = client.get_random_node()
-        try:
-            response = await client.send(
-                node, InitProducerIdRequest(transactional_id=None, transaction_timeout_ms=60_000)
-            )
-        except KafkaConnectionError:
-            raise
-        except KafkaError:
-            return False
-        return getattr(response, "error_code", -1) == 0
+        # A cluster that has just started answers COORDINATOR_LOAD_IN_PROGRESS and the like
+        # for a moment: retriable answers are asked again, for up to about 10 s.
+        for _ in range(50):
+            node = client.get_random_node()
+            try:
+                response = await client.send(
+                    node,
+                    InitProducerIdRequest(transactional_id=None, transaction_timeout_ms=60_000),
+                )
+            except KafkaConnectionError:
+                raise
+            except KafkaError:
+                return False
+            code = getattr(response, "error_code", -1)
+            if code == 0:
+                return True
+            if not getattr(for_code(code), "retriable", False):
+                return False
+            await asyncio.sleep(0.2)
+        return False
     finally:
         await client.close()
 
@@ -212,6 +224,39 @@ def aiokafka_producer(broker: KafkaBroker) -> Any | None:
     state = getattr(getattr(broker.config, "producer", None), "_producer", None)
     producer = getattr(state, "producer", None)
     return producer if callable(getattr(producer, "send_batch", None)) else None
+
+
+def producer_stopped(producer: Any) -> bool:
+    """Whether an aiokafka producer's sender has stopped for good. aiokafka 0.14's idempotent
+    producer does after OUT_OF_ORDER_SEQUENCE_NUMBER (a batch failed after it was given a
+    sequence number while its partition had no leader, e.g. a whole cluster down longer than
+    the request timeout): every later send then fails until the producer is replaced."""
+    sender = getattr(producer, "_sender", None)
+    task = getattr(sender, "sender_task", None)
+    return task is not None and task.done()
+
+
+async def renew_producer(broker: KafkaBroker) -> bool:
+    """Replace the broker's aiokafka producer by a new one (same options) if its sender has
+    stopped (`producer_stopped`); True if it did. The outbox relay calls it after a failed
+    drain, scan-ingest after a failed upload batch: a new producer gets a new producer id, and
+    the events the old one failed are sent again from the outbox (consumers deduplicate)."""
+    producer = aiokafka_producer(broker)
+    if producer is None or not producer_stopped(producer):
+        return False
+    fast: Any = broker.config.producer  # faststream 0.7: AioKafkaFastProducerImpl
+    with contextlib.suppress(Exception):
+        await fast.disconnect()
+    from aiokafka import AIOKafkaProducer
+
+    await fast.connect(
+        AIOKafkaProducer(**producer_options(broker)),
+        serializer=getattr(fast, "serializer", None),
+        codec=getattr(fast, "codec", None),
+    )
+    metrics.PRODUCER_RENEWED.inc()
+    log.warning("the Kafka producer had stopped for good; replaced by a new one")
+    return True
 
 
 async def start_broker(broker: KafkaBroker, idempotence: Idempotence = "required") -> None:

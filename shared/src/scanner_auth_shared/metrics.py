@@ -34,3 +34,16 @@ KAFKA_IDEMPOTENT = Gauge(
     "scanner_auth_kafka_idempotent_producer",
     "1 when the service's Kafka producer is idempotent, 0 when the cluster refused producer ids",
 )
+EVENTS_UNVERIFIED = Counter(
+    "scanner_auth_events_unverified_total",
+    "Events refused because their signature did not prove their producer",
+    ["consumer"],
+)
+PROCESSED_EVENTS_PURGED = Counter(
+    "scanner_auth_processed_events_purged_total",
+    "Processed-event rows forgotten after PROCESSED_EVENT_RETENTION_DAYS",
+)
+PRODUCER_RENEWED = Counter(
+    "scanner_auth_kafka_producer_renewed_total",
+    "Kafka producers replaced because their sender had stopped for good",
+)

@@ -119,5 +119,9 @@ def _is_outage(exc: BaseException) -> bool:
             "RequestTimedOutError",
             "NotEnoughReplicasError",
             "NotEnoughReplicasAfterAppendError",
+            # The idempotent producer lost its sequence (a batch failed while its partition had
+            # no leader): retried once the producer is renewed (messaging.renew_producer).
+            "OutOfOrderSequenceNumber",
+            "UnknownProducerId",
         }
     return False

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import zlib
 from collections.abc import Awaitable, Callable, Sequence
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import text
@@ -32,6 +33,7 @@ from .listen import Listener
 from .messaging import default_partition, kafka_headers, record_headers
 from .outages import is_infrastructure_error
 from .postgres import Connection, Database
+from .signing import SIGNATURE_HEADER, EventSigner
 
 log = logging.getLogger("scanner_auth.outbox")
 
@@ -72,6 +74,50 @@ MESSAGING_DDL = (
     )
     """,
 )
+
+# DDL of the messaging tables' retention, run by each service's migration after MESSAGING_DDL
+# (idempotent): an index that makes purging the processed-event table cheap, and autovacuum
+# tuned for the outbox, whose every row is deleted within moments of its insert (a queue table:
+# vacuumed after a fixed number of dead rows, not a fraction of a table that is nearly empty).
+MESSAGING_RETENTION_DDL = (
+    "CREATE INDEX IF NOT EXISTS processed_events_age ON processed_events (processed_at)",
+    """
+    ALTER TABLE outbox SET (
+        autovacuum_vacuum_scale_factor = 0, autovacuum_vacuum_threshold = 1000,
+        autovacuum_vacuum_insert_scale_factor = 0, autovacuum_vacuum_insert_threshold = 1000
+    )
+    """,
+)
+
+_PURGE_PROCESSED = """
+    DELETE FROM processed_events
+    WHERE ctid = ANY (ARRAY(
+        SELECT ctid FROM processed_events WHERE processed_at < now() - $1::interval LIMIT $2
+    ))
+"""
+
+
+async def purge_processed_events(
+    database: Database, retention: timedelta, *, batch: int = 10_000
+) -> int:
+    """Forget processed-event rows older than `retention`, in batches (short transactions, no
+    long lock). The number of rows removed.
+
+    Safe once `retention` exceeds how long an event can come back: Kafka redelivers only what
+    is still on its topic, so a retention longer than every consumed topic's (30 days for the
+    public topic, 7 for the notifications topic: deploy/k8s/topics) means a row is forgotten
+    only after its event left the topic. Redeliveries after a crash come back within seconds;
+    a group whose offsets expired, or was reset, replays at most the topic's retention."""
+    removed = 0
+    while True:
+        async with database.transaction() as conn:
+            status = await conn.execute(_PURGE_PROCESSED, retention, batch)
+        count = int(status.rsplit(" ", 1)[-1])
+        removed += count
+        metrics.PROCESSED_EVENTS_PURGED.inc(count)
+        if count < batch:
+            return removed
+
 
 _INSERT = text(
     "INSERT INTO outbox (event_id, event_type, topic, key, payload) "
@@ -125,13 +171,20 @@ class OutboxRelay:
         poll_interval: float = 1.0,
         batch_size: int = 1000,
         producer: Callable[[], Any] | None = None,
+        signer: EventSigner | None = None,
+        renew: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         """`producer`, when given, returns the started aiokafka producer (or None): the relay
         then hands Kafka whole record batches (`send_batch`) instead of calling `send` once per
-        row: about three times the events per second (bench/README.md)."""
+        row: about three times the events per second (bench/README.md). `signer`: each record
+        then carries its producer's signature (scanner_auth_shared.signing). `renew`: called
+        after a failed drain, replaces a producer that stopped for good
+        (messaging.renew_producer)."""
         self.database = database
         self.send = send
         self.producer = producer
+        self.signer = signer
+        self.renew = renew
         self.service = service
         self.poll_interval = poll_interval
         self.batch_size = batch_size
@@ -182,7 +235,8 @@ class OutboxRelay:
         try:
             published = await self.drain_once(conn)
         except Exception as exc:
-            if not is_infrastructure_error(exc):
+            renewed = self.renew is not None and await self.renew()
+            if not (renewed or is_infrastructure_error(exc)):
                 raise
             # The broker is unreachable (or the database went away): the same rows again, from
             # the oldest, after a pause; a dead database connection fails the next statement.
@@ -204,13 +258,16 @@ class OutboxRelay:
             return 0
         producer = self.producer() if self.producer is not None else None
         if producer is not None:
-            await asyncio.gather(*await _send_batches(producer, rows))
+            await asyncio.gather(*await _send_batches(producer, rows, self.signer))
         else:
             futures = []
             for row in rows:
                 key = row["key"].encode() if row["key"] is not None else None
+                value = bytes(row["payload"])
                 headers = kafka_headers(row["event_type"])
-                futures.append(await self.send(row["topic"], key, bytes(row["payload"]), headers))
+                if self.signer is not None:
+                    headers[SIGNATURE_HEADER] = self.signer.sign(row["topic"], key, value).decode()
+                futures.append(await self.send(row["topic"], key, value, headers))
             await asyncio.gather(*futures)
         await conn.execute(_DELETE, [r["id"] for r in rows])
         metrics.OUTBOX_PUBLISHED.labels(self.service).inc(len(rows))
@@ -220,7 +277,9 @@ class OutboxRelay:
         """A commit wrote outbox rows (the trigger's NOTIFY): `idle` wakes."""
 
 
-async def _send_batches(producer: Any, rows: Sequence[Any]) -> list[Any]:
+async def _send_batches(
+    producer: Any, rows: Sequence[Any], signer: EventSigner | None = None
+) -> list[Any]:
     """Hand `rows` to Kafka as record batches, one per topic partition at a time, in id order
     within each partition; the futures of their acknowledgements.
 
@@ -239,6 +298,8 @@ async def _send_batches(producer: Any, rows: Sequence[Any]) -> list[Any]:
         partition = default_partition(key, known)
         value = bytes(row["payload"])
         headers = record_headers(row["event_type"])
+        if signer is not None:
+            headers.append(signer.header(topic, key, value))
         batch = batches.get((topic, partition))
         if (
             batch is None

@@ -17,6 +17,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,13 @@ from faststream.kafka import KafkaBroker
 from starlette.types import ASGIApp
 
 from . import db as legacy_db
-from .messaging import aiokafka_producer, start_broker
+from .messaging import aiokafka_producer, renew_producer, start_broker
 from .migrations import upgrade
-from .outbox import OutboxRelay
+from .outbox import OutboxRelay, purge_processed_events
 from .postgres import Database
 from .retry import every, keep_running
 from .settings import DatabaseSettings, ServiceSettings
+from .signing import signer_for
 
 log = logging.getLogger("scanner_auth.runtime")
 
@@ -77,7 +79,19 @@ class ServiceRuntime:
         )
         self.database = database
         self.migrations = migrations
+        self.forget_processed_events(database)
         return database
+
+    def forget_processed_events(self, database: Database, every_seconds: float = 3600.0) -> None:
+        """Purge the processed-event table past PROCESSED_EVENT_RETENTION_DAYS, hourly (every
+        replica may: the purge is idempotent and batched)."""
+        assert isinstance(self.settings, DatabaseSettings)
+        retention = timedelta(days=self.settings.processed_event_retention_days)
+        self.periodically(
+            "processed-events-retention",
+            every_seconds,
+            lambda: purge_processed_events(database, retention),
+        )
 
     def periodically(
         self, name: str, seconds: float, work: Callable[[], Awaitable[object]]
@@ -108,6 +122,8 @@ class ServiceRuntime:
             # three times the events per second of one publish per row, bench/README.md); `send`
             # when the broker holds none.
             producer=lambda: aiokafka_producer(self.broker),
+            signer=signer_for(self.settings, self.name),
+            renew=lambda: renew_producer(self.broker),
         )
         return self.relay
 
@@ -246,6 +262,11 @@ async def serve(runtime: ServiceRuntime) -> None:
         access_log=False,
         server_header=False,
         timeout_graceful_shutdown=max(1, int(runtime.settings.shutdown_grace_seconds)),
+        # uvicorn would otherwise take X-Forwarded-For from any peer on 127.0.0.1 as the
+        # client (its FORWARDED_ALLOW_IPS default), overriding TRUSTED_PROXIES' "none": the
+        # services read the header themselves, from TRUSTED_PROXIES only (http.client_address).
+        proxy_headers=False,
+        forwarded_allow_ips="",
         loop="auto",
         http="auto",
     )

@@ -119,11 +119,36 @@ class ServiceSettings(BaseSettings):
     # (a database outage, say) before it stops retrying in place and parks it in the DLQ.
     # Infrastructure errors are retried without limit: an outage must not empty the topic.
     consumer_max_attempts: int = Field(5, ge=1)
+    # Event signatures (scanner_auth_shared.signing): the service's own Ed25519 key (base64 of
+    # its 32-byte seed), the public keys it trusts per producer (`service=key,…`), and whether
+    # both are required (the production overlay: then a service refuses to start without).
+    event_signing_key: SecretStr | None = None
+    event_trusted_keys: str = ""
+    event_signatures_required: bool = False
     # Events a consumer takes from Kafka at once and applies in one transaction, with one
     # offset commit (scanner_auth_shared.consumer).
     consumer_batch_size: int = Field(500, ge=1, le=10_000)
     outbox_poll_interval_seconds: float = Field(1.0, gt=0)
     shutdown_grace_seconds: float = Field(20.0, ge=0)
+
+    @field_validator("event_signing_key")
+    @classmethod
+    def _signing_key(cls, value: SecretStr | None) -> SecretStr | None:
+        from .signing import parse_private_key
+
+        if value is None or not value.get_secret_value().strip():
+            return None
+        _not_published(value.get_secret_value())
+        parse_private_key(value.get_secret_value())  # ValueError: never repeats the value
+        return value
+
+    @field_validator("event_trusted_keys")
+    @classmethod
+    def _trusted_keys(cls, value: str) -> str:
+        from .signing import parse_trusted_keys
+
+        parse_trusted_keys(value)
+        return value
 
     @field_validator("kafka_bootstrap_servers")
     @classmethod
@@ -137,6 +162,10 @@ class DatabaseSettings(ServiceSettings):
     # No default: a service without its database refuses to start, naming the variable.
     database_url: str = Field(description="postgresql+asyncpg://user[:password]@host:port/database")
     database_pool_size: int = Field(10, ge=1)
+    # How long a consumer remembers an event it applied (the processed-event table): longer
+    # than the retention of every topic it consumes, so that no redelivery can outlive the
+    # memory of it (outbox.purge_processed_events). 35 days: the public topic keeps 30.
+    processed_event_retention_days: float = Field(35.0, ge=1)
     # Prepared statements kept per connection; 0 behind a transaction-mode PgBouncer.
     database_statement_cache_size: int = Field(256, ge=0)
 

@@ -70,6 +70,7 @@ class _Emitting:
 
     source: str
     pending: list[Outgoing]
+    inbox: Inbox  # the port's type, so that subclasses satisfy `UnitOfWork` (mypy)
 
     def emit(
         self, data: EventData, *, subject: str | None = None, key: str | None = None

@@ -2,36 +2,78 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
-from scanner_auth_shared.api import fastapi_app
+from fastapi import FastAPI
+
+from scanner_auth_shared.api import Refusal, fastapi_app, refusals
+from scanner_auth_shared.consumer import subscribe
 from scanner_auth_shared.events import AuthorisationRejected, CredentialRotated, ScannerAuthorised
 from scanner_auth_shared.http import parse_networks
 from scanner_auth_shared.messaging import create_broker
 from scanner_auth_shared.runtime import ServiceRuntime
 
-from . import api, consumers
-from .handlers import Redeemer
+from . import api, consumers, domain, handlers
+from .adapters.postgres import PostgresUnitOfWork
 from .settings import Settings
 
 NAME = "redeemer"
+SOURCE = "scanner-auth/redeemer"  # of its events
 # What it publishes through its outbox (the AsyncAPI document: `scanner-auth contracts`).
 PUBLISHES = (ScannerAuthorised, CredentialRotated, AuthorisationRejected)
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def config(settings: Settings) -> handlers.Config:
+    return handlers.Config(
+        pepper=settings.token_pepper.get_secret_value().encode(),
+        throttle=domain.ThrottlePolicy(
+            serial_failures=settings.serial_lockout_failures,
+            serial_lock=timedelta(seconds=settings.serial_lockout_seconds),
+            address_failures=settings.address_lockout_failures,
+            address_window=timedelta(seconds=settings.address_window_seconds),
+        ),
+        rotation_grace=timedelta(seconds=settings.credential_rotation_grace_seconds),
+    )
 
 
 def build(settings: Settings) -> ServiceRuntime:
     runtime = ServiceRuntime(name=NAME, settings=settings, broker=create_broker(settings, NAME))
-    database = runtime.use_database(Path(__file__).parent / "migrations")
+    database = runtime.use_postgres(MIGRATIONS)
     runtime.use_outbox_relay()
-    redeemer = Redeemer(database, settings)
-    consumers.subscribe(runtime.broker, settings, redeemer)
-    runtime.background["throttle-housekeeping"] = redeemer.housekeeping_loop
+
+    def unit_of_work() -> PostgresUnitOfWork:
+        return PostgresUnitOfWork(database, source=SOURCE)
+
+    for consumer in consumers.CONSUMERS:
+        subscribe(runtime.broker, settings, consumer, unit_of_work)
+
+    async def forget_stale_throttles() -> None:
+        await handlers.forget_stale_throttles(unit_of_work(), settings.throttle_retention_seconds)
+
+    runtime.periodically(
+        "throttle-housekeeping", settings.throttle_cleanup_interval_seconds, forget_stale_throttles
+    )
+    services = api.Services(
+        unit_of_work=unit_of_work,
+        config=config(settings),
+        trusted_proxies=parse_networks(settings.trusted_proxies),
+        max_body_bytes=settings.max_request_body_bytes,
+    )
+    http_app(runtime, services)
+    return runtime
+
+
+def http_app(runtime: ServiceRuntime, services: api.Services) -> FastAPI:
+    """The HTTP app of `runtime` (also `runtime.app`), its routes reading `services`."""
     app = fastapi_app(
         runtime,
         title="scanner-auth redeemer",
         description="Scanners redeem the code a person typed for their own credential, and "
-                    "rotate that credential.",
-        routers=[api.router(redeemer, parse_networks(settings.trusted_proxies))],
+        "rotate that credential.",
+        routers=[api.routes],
     )
-    app.state.redeemer = redeemer
-    return runtime
+    app.add_exception_handler(Refusal, refusals(api.STATUSES))
+    app.state.services = services
+    return app

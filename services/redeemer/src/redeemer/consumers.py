@@ -1,4 +1,4 @@
-"""The redeemer's subscriptions: one consumer group per topic it follows.
+"""The redeemer's consumer groups: which handler applies each event type it reads.
 
 Both concerns on the public topic (the token view, and credentials following
 ScannerDeauthorised) share one group: every group reads the whole topic, including the flood of
@@ -7,29 +7,42 @@ AuthorisationRejected a brute-force attack produces, so a second group would rea
 
 from __future__ import annotations
 
-from faststream.kafka import KafkaBroker
+from scanner_auth_shared.consumer import Consumer
+from scanner_auth_shared.events import (
+    DIRECTORY_TOPIC,
+    PUBLIC_TOPIC,
+    ScannerDeauthorised,
+    ScannerRegistered,
+    ScannerRemoved,
+    TokenExpired,
+    TokenIssued,
+    TokenRevoked,
+)
 
-from scanner_auth_shared.events import DIRECTORY_TOPIC, PUBLIC_TOPIC
-from scanner_auth_shared.messaging import subscribe_events
+from . import handlers
+from .adapters.ports import UnitOfWork
 
-from .handlers import AUTHORISATION_CONSUMER, DIRECTORY_CONSUMER, Redeemer
-from .settings import Settings
+AUTHORISATION = Consumer[UnitOfWork](
+    name="redeemer.authorisation",
+    topic=PUBLIC_TOPIC,
+    handlers={
+        TokenIssued: handlers.on_token_issued,
+        TokenRevoked: handlers.on_token_revoked,
+        TokenExpired: handlers.on_token_expired,
+        ScannerDeauthorised: handlers.on_scanner_deauthorised,
+    },
+    description="the redeemer's view of tokens (digest, scanner, expiry, status); "
+    "a deauthorised scanner's credentials are revoked",
+)
 
-AUTHORISATION_TYPES = {"TokenIssued", "TokenRevoked", "TokenExpired", "ScannerDeauthorised"}
-DIRECTORY_TYPES = {"ScannerRegistered", "ScannerRemoved"}
+DIRECTORY = Consumer[UnitOfWork](
+    name="redeemer.directory",
+    topic=DIRECTORY_TOPIC,
+    handlers={
+        ScannerRegistered: handlers.on_scanner_registered,
+        ScannerRemoved: handlers.on_scanner_removed,
+    },
+    description="the redeemer's view of scanners' serial numbers",
+)
 
-
-def subscribe(broker: KafkaBroker, settings: Settings, redeemer: Redeemer) -> None:
-    subscribe_events(
-        broker, settings, topic=PUBLIC_TOPIC, consumer=AUTHORISATION_CONSUMER,
-        group_id="scanner-auth.redeemer.authorisation", handler=redeemer.apply_public_event,
-        types=AUTHORISATION_TYPES,
-        description="the redeemer's view of tokens (digest, scanner, expiry, status); "
-                    "a deauthorised scanner's credentials are revoked",
-    )
-    subscribe_events(
-        broker, settings, topic=DIRECTORY_TOPIC, consumer=DIRECTORY_CONSUMER,
-        group_id="scanner-auth.redeemer.directory", handler=redeemer.apply_directory_event,
-        types=DIRECTORY_TYPES,
-        description="the redeemer's view of scanners' serial numbers",
-    )
+CONSUMERS = (AUTHORISATION, DIRECTORY)

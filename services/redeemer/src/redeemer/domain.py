@@ -1,17 +1,23 @@
 """The redeemer's decisions: pure functions of plain values, no I/O.
 
+- what a typed code means (a typo or malformed code is refused before anything is looked up);
 - which refusal reason an attempt earns (or none), in the contract's order;
 - the throttling arithmetic (consecutive failures per serial, a sliding window per address);
-- how a credential stands (current, in its rotation grace, or ended).
+- how a credential stands (current, in its rotation grace, or ended);
+- the refusals (`Refusal` subclasses): what the use cases raise, each with a message safe to
+  show. Which HTTP status each gets is the api's business.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Literal
+
+from scanner_auth_shared.api import Refusal
+from scanner_auth_shared.crypto import CodeTypo, MalformedCode, normalise_code
 
 Reason = Literal["invalid_code", "expired", "already_used", "revoked", "serial_mismatch"]
 RejectionReason = Literal[
@@ -23,6 +29,95 @@ Standing = Literal["current", "grace", "ended", "unknown"]
 
 SERIAL_MAX_LENGTH = 64
 CODE_MAX_LENGTH = 64
+
+# ------------------------------------------------------------------------------------ refusals
+
+# The one message of every refused code (unknown, expired, used, revoked, another scanner's):
+# a caller learns nothing about which it was. The reason goes to the AuthorisationRejected event.
+CODE_NOT_ACCEPTED = "the code was not accepted for this scanner"
+CODE_MALFORMED = (
+    "the code is malformed: a code is 12 characters of 0-9 and A-Z "
+    "(without I, L, O, U), usually written XXXX-XXXX-XXXX"
+)
+CODE_TYPO = (
+    "the code contains a typo: its last character does not match the others; "
+    "check the code and enter it again"
+)
+
+
+class RedemptionRefused(Refusal):
+    """A redemption attempt that did not authorise the scanner. `outcome`: the label it is
+    counted under (scanner_auth_redeemer_redemptions_total)."""
+
+    outcome: str = "refused"
+
+
+class MalformedRequest(RedemptionRefused):
+    """The request or its code is not the shape of one: no attempt, nothing counted against
+    the serial number or the address."""
+
+    outcome = "malformed"
+
+
+class TypoInCode(RedemptionRefused):
+    """A well-formed code whose check symbol does not match: a typo, not an attempt."""
+
+    outcome = "typo"
+
+    def __init__(self) -> None:
+        super().__init__(CODE_TYPO)
+
+
+class CodeRefused(RedemptionRefused):
+    """The code was not accepted: `reason` says why, for the event only; the message is the
+    same for every reason."""
+
+    def __init__(self, reason: Reason) -> None:
+        super().__init__(CODE_NOT_ACCEPTED)
+        self.reason = reason
+        self.outcome = reason
+
+
+class RateLimited(RedemptionRefused):
+    """The serial number or the client address is locked for `retry_after` more seconds."""
+
+    outcome = "rate_limited"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("too many failed attempts; try again later")
+        self.retry_after = retry_after
+        self.headers = {"Retry-After": str(retry_after)}
+
+
+class NotAuthenticated(Refusal):
+    """No credential, a malformed one, or one this service never issued."""
+
+    outcome = "unauthenticated"
+
+    def __init__(self) -> None:
+        super().__init__("a valid scanner credential is required")
+        self.headers = {"WWW-Authenticate": "Bearer"}
+
+
+class CannotRotate(Refusal):
+    """A credential this service issued that may no longer rotate (replaced, revoked, already
+    rotated out: in its grace period or past it)."""
+
+    outcome = "forbidden"
+
+    def __init__(self) -> None:
+        super().__init__("this credential can no longer be rotated")
+
+
+def flat_code(typed: str) -> str:
+    """The 12 symbols a person meant (case, spaces and dashes ignored; O reads as 0, I and L as
+    1). Raises MalformedRequest or TypoInCode; neither repeats what was typed."""
+    try:
+        return normalise_code(typed)
+    except CodeTypo:
+        raise TypoInCode() from None
+    except MalformedCode:
+        raise MalformedRequest(CODE_MALFORMED) from None
 
 
 # ------------------------------------------------------------------------------------ attempts
@@ -40,6 +135,22 @@ class TokenView:
     expires_at: datetime
     scanner_serial: str | None  # None: the scanner is unknown to the directory view
     scanner_removed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """Who is trying: the serial number as presented (trimmed) and the client's address."""
+
+    serial: str
+    client_ip: str
+
+    @property
+    def serial_key(self) -> str:
+        return serial_key(self.serial)
+
+    @property
+    def address(self) -> str:
+        return address_key(self.client_ip)
 
 
 def serial_key(serial: str) -> str:
@@ -97,8 +208,18 @@ class AddressThrottle:
     locked_until: datetime | None = None
 
 
-def locked(locked_until: datetime | None, now: datetime) -> bool:
-    return locked_until is not None and locked_until > now
+@dataclass(frozen=True, slots=True)
+class AttemptState:
+    """The throttle state of one attempt's serial number and address, and the time to judge it
+    by (the database's clock: one clock for every replica)."""
+
+    now: datetime
+    serial: SerialThrottle = field(default_factory=SerialThrottle)
+    address: AddressThrottle = field(default_factory=AddressThrottle)
+
+    def retry_after(self) -> int | None:
+        """Whole seconds until the locks in force have passed; None when neither is locked."""
+        return retry_after(self.now, self.serial.locked_until, self.address.locked_until)
 
 
 def retry_after(now: datetime, *locks: datetime | None) -> int | None:
@@ -147,6 +268,24 @@ def address_key(client_ip: str) -> str:
 
 
 # ------------------------------------------------------------------------------------ credentials
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """A scanner credential as stored: only its digest."""
+
+    credential_id: str
+    scanner_id: str
+    org_id: str
+    credential_digest: str
+    status: CredentialStatus
+    issued_at: datetime
+    valid_until: datetime | None = None
+    token_id: str | None = None
+    previous_credential_id: str | None = None
+
+    def standing(self, now: datetime) -> Standing:
+        return standing(self.status, self.valid_until, now)
 
 
 def standing(status: CredentialStatus, valid_until: datetime | None, now: datetime) -> Standing:

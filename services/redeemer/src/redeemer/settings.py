@@ -25,7 +25,8 @@ class Settings(DatabaseSettings):
     )
     serial_lockout_seconds: int = Field(900, ge=1, description="how long a serial stays locked")
     address_lockout_failures: int = Field(
-        30, ge=1,
+        30,
+        ge=1,
         description="failed attempts from one client address, within the window, that lock it",
     )
     address_window_seconds: int = Field(

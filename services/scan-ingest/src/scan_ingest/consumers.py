@@ -1,35 +1,33 @@
-"""scan-ingest's subscriptions: the gate writer on the public authorisation topic."""
+"""scan-ingest's consumer group: the gate writer on the public authorisation topic."""
 
 from __future__ import annotations
 
-from typing import Any
+from scanner_auth_shared.consumer import Consumer
+from scanner_auth_shared.events import (
+    PUBLIC_TOPIC,
+    CredentialRotated,
+    ScannerAuthorised,
+    ScannerDeauthorised,
+)
 
-from faststream.kafka import KafkaBroker
-
-from scanner_auth_shared.events import PUBLIC_TOPIC
-from scanner_auth_shared.messaging import subscribe_events
-from scanner_auth_shared.settings import ServiceSettings
-
-from .handlers import GATE_CONSUMER, GATE_EVENT_TYPES, GATE_GROUP, GateWriter
+from . import handlers
+from .adapters.ports import GateUnitOfWork
 
 # A change in authorisation must reach the gate quickly (the contract: within one second; the
 # benchmark: redeem 201 → the gate accepts, p99 ≤ 100 ms). On Tansu a hop waits up to the
 # fetch's wait: 50 ms rather than the shared 100 (bench/README.md, "Hops").
 GATE_FETCH_MAX_WAIT_MS = 50
 
-
-def subscribe_gate_writer(
-    broker: KafkaBroker, settings: ServiceSettings, writer: GateWriter
-) -> Any:
-    return subscribe_events(
-        broker,
-        settings,
-        topic=PUBLIC_TOPIC,
-        consumer=GATE_CONSUMER,
-        group_id=GATE_GROUP,
-        handler=writer.apply,
-        types=set(GATE_EVENT_TYPES),
-        description="Applies ScannerAuthorised, CredentialRotated and ScannerDeauthorised to "
-        "the gate's credential table and notifies every replica.",
-        fetch_max_wait_ms=GATE_FETCH_MAX_WAIT_MS,
-    )
+# Group `scanner-auth.scan-ingest.gate`; its processed-event rows are keyed "scan-ingest.gate".
+GATE_WRITER: Consumer[GateUnitOfWork] = Consumer(
+    name="scan-ingest.gate",
+    topic=PUBLIC_TOPIC,
+    handlers={
+        ScannerAuthorised: handlers.on_scanner_authorised,
+        CredentialRotated: handlers.on_credential_rotated,
+        ScannerDeauthorised: handlers.on_scanner_deauthorised,
+    },
+    description="Applies ScannerAuthorised, CredentialRotated and ScannerDeauthorised to the "
+    "gate's credential table and notifies every replica.",
+    wait_ms=GATE_FETCH_MAX_WAIT_MS,
+)

@@ -1,13 +1,16 @@
 """scan-ingest's decisions, pure (no I/O).
 
 - Which credentials of a scanner work, derived from the facts the public topic announced
-  (`derive_standings`): a function of the set of facts, so the order in which the events
-  arrive, and how often, does not matter.
-- Whether a credential in the gate admits an upload now (`admits`).
-- The scan id of an upload (`scan_id_for`): the client's, a fresh one, or none (refused).
+  (`derive_standings`, `changed_standings`): a function of the set of facts, so the order in
+  which the events arrive, and how often, does not matter.
+- Whether a credential in the gate admits an upload now (`admits`), and the refusal when it
+  does not (`refusal_for`).
+- What an upload's body must be (`scan_id_of`): a JSON object; its scan id the client's, or a
+  fresh one, or the upload is refused.
 - The `ScanIngested` event of an accepted upload, built straight into bytes
   (`scan_ingested_bytes`): the uploaded document is embedded as the bytes the scanner sent
   (already validated), never re-serialised.
+- The refusals (`Refusal` subclasses): the api answers each with its status.
 """
 
 from __future__ import annotations
@@ -17,15 +20,21 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from enum import IntEnum
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
 import orjson
 
+from scanner_auth_shared.api import Refusal
 from scanner_auth_shared.events import ScanIngested
 
 SOURCE = "scanner-auth/scan-ingest"
 MAX_SCAN_ID_LENGTH = 200
+# A credential is about 50 ASCII characters; anything far longer is not one (and is not hashed).
+MAX_CREDENTIAL_LENGTH = 512
 INVALID_SCAN_ID = f"scan_id must be a string of 1 to {MAX_SCAN_ID_LENGTH} characters"
+
+
+# ------------------------------------------------------------------------------ standings
 
 
 class CredentialState(IntEnum):
@@ -71,6 +80,15 @@ class Standing:
     valid_until: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ScannerFacts:
+    """Everything known about one scanner's credentials, and their standings as stored now."""
+
+    credentials: list[CredentialFact]
+    standings: dict[bytes, Standing]
+    deauthorised_at: datetime | None
+
+
 def derive_standings(
     facts: Iterable[CredentialFact], deauthorised_at: datetime | None
 ) -> dict[bytes, Standing]:
@@ -80,8 +98,8 @@ def derive_standings(
       deauthorisation also covers a credential whose announcement arrives after it);
     - replaced: issued before the scanner's latest authorisation (a redemption replaces every
       earlier credential, rotated ones included);
-    - a rotated credential whose predecessor was already revoked or replaced inherits that
-      (it should not exist; fail closed);
+    - a rotated credential whose predecessor was already revoked or replaced inherits that (it
+      should not exist; fail closed);
     - rotating: a later rotation named it as its previous credential; it works until the
       earliest `previous_valid_until` announced for it;
     - active otherwise.
@@ -89,13 +107,7 @@ def derive_standings(
     ordered = sorted(facts, key=lambda f: f.order)
     authorisations = [f.order for f in ordered if f.from_authorisation]
     latest_authorisation = max(authorisations) if authorisations else None
-    grace: dict[str, datetime] = {}
-    for fact in ordered:
-        if fact.previous_credential_id is not None and fact.previous_valid_until is not None:
-            known = grace.get(fact.previous_credential_id)
-            until = fact.previous_valid_until
-            grace[fact.previous_credential_id] = until if known is None else min(known, until)
-
+    grace = _grace_periods(ordered)
     by_id: dict[str, Standing] = {}
     standings: dict[bytes, Standing] = {}
     for fact in ordered:
@@ -118,6 +130,36 @@ def derive_standings(
     return standings
 
 
+def _grace_periods(facts: Iterable[CredentialFact]) -> dict[str, datetime]:
+    """Credential id -> the earliest `previous_valid_until` a rotation announced for it."""
+    grace: dict[str, datetime] = {}
+    for fact in facts:
+        if fact.previous_credential_id is not None and fact.previous_valid_until is not None:
+            known = grace.get(fact.previous_credential_id)
+            until = fact.previous_valid_until
+            grace[fact.previous_credential_id] = until if known is None else min(known, until)
+    return grace
+
+
+def changed_standings(known: ScannerFacts) -> dict[bytes, Standing]:
+    """The standings to store: those derived from the facts that differ from the stored ones."""
+    derived = derive_standings(known.credentials, known.deauthorised_at)
+    return {d: s for d, s in derived.items() if known.standings.get(d) != s}
+
+
+# ------------------------------------------------------------------------------ admission
+
+
+class Admission(NamedTuple):
+    """A credential the gate knows, decoded for one upload (a tuple: the cheapest object)."""
+
+    scanner_id: str
+    org_id: str
+    credential_id: str
+    state: int  # a CredentialState value
+    admitted: bool
+
+
 def admits(state: int, valid_until: float, now: float) -> bool:
     """Whether a credential in this state admits an upload at `now` (POSIX seconds)."""
     if state == CredentialState.ACTIVE:
@@ -125,17 +167,126 @@ def admits(state: int, valid_until: float, now: float) -> bool:
     return state == CredentialState.ROTATING and now <= valid_until
 
 
-def scan_id_for(document: dict[str, Any]) -> str | None:
+# ------------------------------------------------------------------------------ refusals
+
+
+class UploadRefused(Refusal):
+    """An upload refused; each kind has one fixed message (`detail`), safe to show. Raised
+    without arguments: creating one runs no Python code (the 401 flood is benchmarked)."""
+
+    detail: ClassVar[str] = "the upload is refused"
+
+    def __str__(self) -> str:
+        return self.detail
+
+
+class NoCredential(UploadRefused):
+    detail = "a scanner credential is required: Authorization: Bearer <credential>"
+
+
+class UnknownCredential(UploadRefused):
+    """Malformed, or never issued by this system."""
+
+    detail = "the credential is not valid"
+
+
+class GateLoading(UploadRefused):
+    """Before the gate's first full load: not a 401, which would tell a scanner it lost its
+    authorisation."""
+
+    detail = "the gate is still loading"
+
+
+class CredentialRefused(UploadRefused):
+    """A known credential that no longer works (which one, for the log: no secret)."""
+
+    detail = "this credential does not work"
+
+    def __init__(self, admission: Admission) -> None:
+        super().__init__()
+        self.admission = admission
+
+    @property
+    def state(self) -> CredentialState:
+        return CredentialState(self.admission.state)
+
+
+class CredentialRevoked(CredentialRefused):
+    detail = "the scanner's authorisation was withdrawn"
+
+
+class CredentialReplaced(CredentialRefused):
+    detail = "this credential was replaced: the scanner was authorised again"
+
+
+class GracePeriodEnded(CredentialRefused):
+    detail = "this credential was rotated and its grace period has ended"
+
+
+_REFUSALS: dict[int, type[CredentialRefused]] = {
+    CredentialState.REVOKED: CredentialRevoked,
+    CredentialState.REPLACED: CredentialReplaced,
+    CredentialState.ROTATING: GracePeriodEnded,
+}
+
+
+def refusal_for(admission: Admission) -> CredentialRefused:
+    """Why a known credential that does not admit the upload is refused."""
+    return _REFUSALS.get(admission.state, CredentialRefused)(admission)
+
+
+class BodyTooLarge(UploadRefused):
+    detail = "the body is too large"  # the api says by how much: INGEST_MAX_BODY_BYTES
+
+
+class InvalidScan(UploadRefused):
+    """The body is not an acceptable scan document."""
+
+
+class NotJson(InvalidScan):
+    detail = "the body is not JSON"
+
+
+class NotAnObject(InvalidScan):
+    detail = "the body must be a JSON object"
+
+
+class InvalidScanId(InvalidScan):
+    detail = INVALID_SCAN_ID
+
+
+class ScanNotStored(UploadRefused):
+    """Kafka did not acknowledge the event: nothing is promised; the scanner retries."""
+
+    detail = "the scan could not be stored; retry later with the same scan_id"
+
+
+# ------------------------------------------------------------------------------ the upload
+
+
+def scan_id_of(body: bytes) -> str:
+    """The scan id of an upload whose body is `body`; refused unless the body is a JSON object
+    (orjson: strict RFC 8259)."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise NotJson() from None
+    if not isinstance(document, dict):
+        raise NotAnObject()
+    return scan_id_for(document)
+
+
+def scan_id_for(document: dict[str, Any]) -> str:
     """The upload's scan id: the client's `scan_id` when the upload carries one, a fresh uuid4
-    when it carries none; None when it carries one that is not a string of 1 to
-    MAX_SCAN_ID_LENGTH characters (null, a number, "", too long): the upload is refused with
-    422 (INVALID_SCAN_ID), as the OpenAPI document declares, rather than silently renamed."""
+    when it carries none. One that is not a string of 1 to MAX_SCAN_ID_LENGTH characters (null,
+    a number, "", too long) is refused (InvalidScanId), as the OpenAPI document declares,
+    rather than silently renamed: a retry would no longer be recognised as one."""
     if "scan_id" not in document:
         return str(uuid.uuid4())
     candidate = document["scan_id"]
     if isinstance(candidate, str) and 0 < len(candidate) <= MAX_SCAN_ID_LENGTH:
         return candidate
-    return None
+    raise InvalidScanId()
 
 
 def scan_ingested_bytes(
@@ -172,8 +323,3 @@ def scan_ingested_bytes(
             },
         }
     )
-
-
-def rfc3339(moment: datetime) -> str:
-    """`moment` (aware, UTC) as the events write times: `2026-01-02T03:04:05.123456Z`."""
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -1,94 +1,158 @@
-"""Use cases of scan-ingest's gate writer.
+"""scan-ingest's use cases.
 
-One consumer group (`scanner-auth.scan-ingest.gate`) applies the public authorisation events to
-`gate_credentials` in one transaction each: record the fact (idempotently), derive the standing
-of every credential of that scanner again from all its facts, store what changed, and
-`NOTIFY scan_ingest_gate, '<scanner_id>'` so that every replica reloads that scanner at commit.
+The gate writer: one handler per event type of the public topic it consumes (consumers.py: one
+batch per unit of work, the inbox making each event count once). Each locks the scanner, records
+the fact, derives the standing of every credential of that scanner again from all its facts
+(domain.py), stores what changed, and tells every replica's gate to reload that scanner (a
+NOTIFY delivered at commit).
+
+The upload, in two steps around the body (the route reads the body only for an admitted
+credential): `admit` (the credential against the gate in memory) and `ingest_scan` (the
+document, its `ScanIngested` event, published and acknowledged).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from datetime import datetime
 
-from scanner_auth_shared.db import Database
 from scanner_auth_shared.events import (
     CloudEvent,
     CredentialRotated,
-    EventData,
     ScannerAuthorised,
     ScannerDeauthorised,
-)
-from scanner_auth_shared.outbox import first_time
-
-from .adapters.store import GateStore
-from .domain import CredentialFact, derive_standings
-
-log = logging.getLogger("scanner_auth.scan_ingest.gate")
-
-GATE_CONSUMER = "scan-ingest.gate"
-GATE_GROUP = "scanner-auth.scan-ingest.gate"
-GATE_EVENT_TYPES = frozenset(
-    {ScannerAuthorised.event_type, CredentialRotated.event_type, ScannerDeauthorised.event_type}
+    rfc3339,
 )
 
+from .adapters.ports import Gate, GateUnitOfWork, ScanPublisher
+from .domain import (
+    MAX_CREDENTIAL_LENGTH,
+    Admission,
+    CredentialFact,
+    GateLoading,
+    NoCredential,
+    ScanNotStored,
+    UnknownCredential,
+    changed_standings,
+    refusal_for,
+    scan_id_of,
+    scan_ingested_bytes,
+)
 
-class GateWriter:
-    def __init__(self, database: Database) -> None:
-        self.database = database
+# The loggers' names as operators know them (the gate writer's, the upload path's).
+gate_log = logging.getLogger("scanner_auth.scan_ingest.gate")
+upload_log = logging.getLogger("scanner_auth.scan_ingest.api")
 
-    async def apply(self, event: CloudEvent, data: EventData) -> None:
-        if not isinstance(data, ScannerAuthorised | CredentialRotated | ScannerDeauthorised):
-            return
-        async with self.database.transaction() as session:
-            if not await first_time(session, GATE_CONSUMER, event.id):
-                return
-            store = GateStore(session)
-            scanner_id = data.scanner_id
-            await store.lock_scanner(scanner_id)
-            if isinstance(data, ScannerAuthorised):
-                await self._add(
-                    store,
-                    data,
-                    CredentialFact(
-                        digest=bytes.fromhex(data.credential_digest),
-                        credential_id=data.credential_id,
-                        issued_at=data.authorised_at,
-                    ),
-                )
-            elif isinstance(data, CredentialRotated):
-                await self._add(
-                    store,
-                    data,
-                    CredentialFact(
-                        digest=bytes.fromhex(data.credential_digest),
-                        credential_id=data.credential_id,
-                        issued_at=data.rotated_at,
-                        previous_credential_id=data.previous_credential_id,
-                        previous_valid_until=data.previous_valid_until,
-                    ),
-                )
-            else:
-                await store.record_deauthorisation(scanner_id, data.deauthorised_at)
+# ------------------------------------------------------------------------------ the gate writer
 
-            facts = await store.facts(scanner_id)
-            derived = derive_standings(facts.credentials, facts.deauthorised_at)
-            for digest, standing in derived.items():
-                if facts.standings.get(digest) != standing:
-                    await store.set_standing(digest, standing)
-            await store.notify(scanner_id)
-        log.info(
-            "gate event applied",
-            extra={"event_type": event.type, "event_id": event.id, "scanner_id": scanner_id},
+
+async def on_scanner_authorised(
+    uow: GateUnitOfWork, event: CloudEvent, data: ScannerAuthorised
+) -> None:
+    fact = CredentialFact(
+        digest=bytes.fromhex(data.credential_digest),
+        credential_id=data.credential_id,
+        issued_at=data.authorised_at,
+    )
+    await _learn_credential(uow, event, data.scanner_id, data.org_id, fact)
+
+
+async def on_credential_rotated(
+    uow: GateUnitOfWork, event: CloudEvent, data: CredentialRotated
+) -> None:
+    fact = CredentialFact(
+        digest=bytes.fromhex(data.credential_digest),
+        credential_id=data.credential_id,
+        issued_at=data.rotated_at,
+        previous_credential_id=data.previous_credential_id,
+        previous_valid_until=data.previous_valid_until,
+    )
+    await _learn_credential(uow, event, data.scanner_id, data.org_id, fact)
+
+
+async def on_scanner_deauthorised(
+    uow: GateUnitOfWork, event: CloudEvent, data: ScannerDeauthorised
+) -> None:
+    await uow.credentials.lock_scanner(data.scanner_id)
+    await uow.credentials.record_deauthorisation(data.scanner_id, data.deauthorised_at)
+    await _restand(uow, event, data.scanner_id, learned=False)
+
+
+async def _learn_credential(
+    uow: GateUnitOfWork, event: CloudEvent, scanner_id: str, org_id: str, fact: CredentialFact
+) -> None:
+    await uow.credentials.lock_scanner(scanner_id)
+    learned = await uow.credentials.add(fact, scanner_id=scanner_id, org_id=org_id)
+    if not learned:
+        # The same credential announced twice under two event ids (a producer's retry): the
+        # first announcement stands.
+        gate_log.warning(
+            "credential already known; announcement ignored",
+            extra={"scanner_id": scanner_id, "credential_id": fact.credential_id},
         )
+    await _restand(uow, event, scanner_id, learned=learned)
 
-    @staticmethod
-    async def _add(
-        store: GateStore, data: ScannerAuthorised | CredentialRotated, fact: CredentialFact
-    ) -> None:
-        if not await store.add_credential(fact, scanner_id=data.scanner_id, org_id=data.org_id):
-            # The same credential announced twice under two event ids (a producer's retry):
-            # the first announcement stands.
-            log.warning(
-                "credential already known; announcement ignored",
-                extra={"scanner_id": data.scanner_id, "credential_id": data.credential_id},
-            )
+
+async def _restand(uow: GateUnitOfWork, event: CloudEvent, scanner_id: str, learned: bool) -> None:
+    """Store the standings the scanner's facts now give, and have the replicas reload it if a
+    credential was learned or a standing changed."""
+    changed = changed_standings(await uow.credentials.facts(scanner_id))
+    for digest, standing in changed.items():
+        await uow.credentials.set_standing(digest, standing)
+    if learned or changed:
+        await uow.credentials.notify_replicas(scanner_id)
+    gate_log.info(
+        "gate event applied",
+        extra={"event_type": event.type, "event_id": event.id, "scanner_id": scanner_id},
+    )
+
+
+# ------------------------------------------------------------------------------ uploads
+
+
+def admit(gate: Gate, credential: str | None, now: float) -> Admission:
+    """The credential's scanner, if the credential admits an upload at `now` (POSIX seconds).
+    Refused: no credential; one that cannot be one or that the gate does not know; the gate
+    not loaded yet; a known credential that no longer works (revoked, replaced, grace ended)."""
+    if credential is None:
+        raise NoCredential()
+    if len(credential) > MAX_CREDENTIAL_LENGTH or not credential.isascii():
+        raise UnknownCredential()
+    if not gate.loaded:
+        raise GateLoading()
+    admission = gate.lookup(hashlib.sha256(credential.encode()).digest(), now)
+    if admission is None:
+        raise UnknownCredential()
+    if not admission.admitted:
+        raise refusal_for(admission)
+    return admission
+
+
+async def ingest_scan(
+    publisher: ScanPublisher, admission: Admission, body: bytes, received: datetime
+) -> tuple[str, str]:
+    """Publish the upload `body` of an admitted scanner as `ScanIngested`; accepted only once
+    Kafka acknowledged it. Refused: not a JSON object, an unusable scan_id; not acknowledged
+    (ScanNotStored: the scanner retries with the same scan_id; a timed-out send may still land
+    later, and consumers drop repeats by scan_id). Returns (scan_id, received_at)."""
+    scan_id = scan_id_of(body)
+    received_at = rfc3339(received)
+    scanner_id = admission.scanner_id
+    payload = scan_ingested_bytes(
+        scan_id=scan_id,
+        scanner_id=scanner_id,
+        org_id=admission.org_id,
+        credential_id=admission.credential_id,
+        received_at=received_at,
+        body=body,
+    )
+    try:
+        await publisher.publish(scanner_id.encode(), payload)
+    except Exception as exc:
+        upload_log.warning(
+            "upload not stored: Kafka did not acknowledge it",
+            extra={"scanner_id": scanner_id, "scan_id": scan_id, "error": type(exc).__name__},
+        )
+        raise ScanNotStored() from exc
+    return scan_id, received_at

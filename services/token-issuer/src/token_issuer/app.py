@@ -1,4 +1,6 @@
-"""Composition root of the token-issuer."""
+"""Composition root of the token-issuer: `build(settings)` wires the database, the unit of
+work, the consumers, the outbox relay, the expiry sweeper and the HTTP app (with the reference
+web page). Nothing connects here: `ServiceRuntime.start()` does."""
 
 from __future__ import annotations
 
@@ -6,6 +8,8 @@ from pathlib import Path
 
 from scanner_auth_shared.api import fastapi_app
 from scanner_auth_shared.auth import JwtVerifier
+from scanner_auth_shared.consumer import subscribe
+from scanner_auth_shared.crypto import SecretBox
 from scanner_auth_shared.events import (
     ScannerDeauthorised,
     TokenEmailRequested,
@@ -15,9 +19,11 @@ from scanner_auth_shared.events import (
 )
 from scanner_auth_shared.messaging import create_broker
 from scanner_auth_shared.runtime import ServiceRuntime
+from scanner_auth_shared.settings import aes_key_bytes
 
-from . import api, consumers, ui
-from .handlers import SERVICE, TokenIssuer
+from . import SERVICE, api, consumers, handlers, ui
+from .adapters.postgres import PostgresUnitOfWork
+from .domain import RecentPrincipals
 from .settings import Settings
 
 DESCRIPTION = (
@@ -28,15 +34,38 @@ DESCRIPTION = (
 PUBLISHES = (TokenIssued, TokenRevoked, TokenExpired, ScannerDeauthorised, TokenEmailRequested)
 
 
+def context(settings: Settings) -> handlers.Context:
+    """The use cases' keys, token lifetime, throttle and batch size, from the settings."""
+    keys = handlers.Keys(
+        pepper=settings.token_pepper.get_secret_value().encode(),
+        at_rest=SecretBox(aes_key_bytes(settings.code_encryption_key)),
+        for_notifier=SecretBox(aes_key_bytes(settings.sealing_key)),
+    )
+    return handlers.Context(
+        keys=keys,
+        ttl_seconds=settings.token_ttl_seconds,
+        principals=RecentPrincipals(settings.principal_record_interval_seconds),
+        sweep_batch=settings.expiry_sweep_batch_size,
+    )
+
+
 def build(settings: Settings) -> ServiceRuntime:
     broker = create_broker(settings, SERVICE)
     runtime = ServiceRuntime(name=SERVICE, settings=settings, broker=broker)
-    database = runtime.use_database(Path(__file__).parent / "migrations")
+    database = runtime.use_postgres(Path(__file__).parent / "migrations")
     runtime.use_outbox_relay()
 
-    issuer = TokenIssuer(database, settings)
-    consumers.subscribe(broker, settings, issuer)
-    runtime.background["expiry-sweeper"] = issuer.run_expiry_sweeper
+    def unit_of_work() -> PostgresUnitOfWork:
+        return PostgresUnitOfWork(database)
+
+    ctx = context(settings)
+    for consumer in (consumers.directory(ctx.clock), consumers.authorisations(ctx.clock)):
+        subscribe(broker, settings, consumer, unit_of_work)
+
+    async def sweep() -> None:
+        await handlers.expire_due_tokens(unit_of_work(), ctx)
+
+    runtime.periodically("expiry-sweeper", settings.expiry_sweep_interval_seconds, sweep)
 
     verifier = JwtVerifier(
         issuer=settings.auth_issuer,
@@ -44,8 +73,10 @@ def build(settings: Settings) -> ServiceRuntime:
         public_key_pem=settings.auth_public_key_pem,
         jwks_url=settings.auth_jwks_url,
     )
-    app = fastapi_app(runtime, title="scanner-auth token-issuer", description=DESCRIPTION,
-                      routers=[api.router])
-    api.install(app, issuer=issuer, authenticator=api.Authenticator(verifier, issuer))
+    app = fastapi_app(
+        runtime, title="scanner-auth token-issuer", description=DESCRIPTION, routers=[api.router]
+    )
+    authenticator = api.Authenticator(verifier, unit_of_work, ctx)
+    api.install(app, api.Services(unit_of_work, ctx, authenticator))
     ui.mount(app, settings)  # the reference web page at /ui/
     return runtime

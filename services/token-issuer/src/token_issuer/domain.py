@@ -1,6 +1,9 @@
-"""Pure decisions of the token-issuer: who may do what, and what a token's status is now.
+"""Pure decisions of the token-issuer: who may do what, what a token's status is now, which
+event changes the authorisation view; and the facts those decisions are about.
 
-No I/O here; handlers load the facts, ask these functions, and commit what they decide.
+No I/O here: handlers load the facts (repositories), ask these functions, and commit what they
+decide. Refusals are `Refusal` subclasses (their messages are safe to show); the HTTP status of
+each is api.py's business.
 """
 
 from __future__ import annotations
@@ -9,11 +12,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
+from scanner_auth_shared.api import Refusal
 from scanner_auth_shared.auth import Principal
 
 TokenStatus = Literal["active", "redeemed", "expired", "revoked"]
 AuthorisationStatus = Literal["authorised", "unauthorised"]
 AuditAction = Literal["generated", "viewed_code", "emailed", "revoked", "deauthorised"]
+RevokeReason = Literal["superseded", "revoked"]
 
 ACTIVE: TokenStatus = "active"
 REDEEMED: TokenStatus = "redeemed"
@@ -23,37 +28,270 @@ REVOKED: TokenStatus = "revoked"
 DIRECTORY_ACTOR = "directory"  # revoked_by / deauthorised_by when the directory removed a scanner
 
 
-# ------------------------------------------------------------------------------------ errors
+# ------------------------------------------------------------------------------------ refusals
 
 
-class DomainError(Exception):
-    """A request the rules refuse. Messages are safe to show (no secrets, no foreign data)."""
-
-
-class ScannerNotFound(DomainError):
+class ScannerNotFound(Refusal):
     """Unknown, removed, or not visible to the caller: all look the same from outside."""
 
     def __init__(self) -> None:
         super().__init__("no such scanner")
 
 
-class ManageForbidden(DomainError):
+class ManageForbidden(Refusal):
     def __init__(self) -> None:
         super().__init__("you may view this scanner but not manage it")
 
 
-class TokenNotFound(DomainError):
+class TokenNotFound(Refusal):
     def __init__(self) -> None:
         super().__init__("no authorisation token was ever issued for this scanner")
 
 
-class NoActiveToken(DomainError):
+class NoActiveToken(Refusal):
     def __init__(self) -> None:
         super().__init__("this scanner has no active authorisation token")
 
 
-class RecipientRefused(DomainError):
+class RecipientRefused(Refusal):
     """The chosen recipient is unknown, cannot view the scanner, or has no email address."""
+
+
+# ------------------------------------------------------------------------------------ facts
+
+
+@dataclass(frozen=True, slots=True)
+class Scanner:
+    """A directory scanner and this service's view of its authorisation. A scanner may be known
+    before its ScannerRegistered (from a ScannerAuthorised): then it is not `registered`."""
+
+    scanner_id: str
+    org_id: str | None = None
+    serial_number: str | None = None
+    name: str = ""
+    model: str = ""
+    registered: bool = False
+    removed_at: datetime | None = None
+    authorised: bool = False
+    authorised_at: datetime | None = None
+    credential_id: str | None = None
+    authorised_serial_number: str | None = None
+    deauthorised_at: datetime | None = None
+
+    @property
+    def visible(self) -> bool:
+        """Known to the directory and not removed: only such a scanner exists for users."""
+        return self.registered and self.removed_at is None and self.org_id is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    """An authorisation token. The code is kept only encrypted (`code_ciphertext`, erased when
+    the token stops being active) and as its digest."""
+
+    token_id: str
+    scanner_id: str
+    org_id: str
+    code_ciphertext: bytes | None
+    code_digest: str
+    status: TokenStatus
+    issued_at: datetime
+    issued_by: str
+    expires_at: datetime
+    redeemed_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryUser:
+    user_id: str
+    org_id: str
+    email: str
+    display_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SeenPrincipal:
+    """Who authenticated, with which organisation, roles and email (their last JWT)."""
+
+    user_id: str
+    org_id: str
+    roles: tuple[str, ...]
+    email: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    """Someone who might receive a code: what the directory and past logins tell about them."""
+
+    user_id: str
+    org_id: str | None  # the directory's, else the one last seen in their JWT
+    display_name: str
+    email: str | None
+    has_grant: bool  # a directory grant on the scanner in question
+    seen_as_admin: bool  # last seen authenticating with role admin (in org_id)
+
+
+def person(
+    user_id: str, user: DirectoryUser | None, seen: SeenPrincipal | None, *, has_grant: bool
+) -> Person:
+    """What is known of a user: the directory first, their last JWT for what it lacks. They
+    count as an admin only if last seen as one in the organisation they belong to."""
+    org_id = user.org_id if user is not None else (seen.org_id if seen is not None else None)
+    seen_as_admin = seen is not None and "admin" in seen.roles and seen.org_id == org_id
+    email = (user.email if user is not None else None) or (seen.email if seen else None)
+    display_name = (user.display_name if user is not None else "") or (email or "")
+    return Person(
+        user_id=user_id,
+        org_id=org_id,
+        display_name=display_name,
+        email=email,
+        has_grant=has_grant,
+        seen_as_admin=seen_as_admin,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One row of the audit log (and one line of the audit logger)."""
+
+    at: datetime
+    actor_user_id: str
+    actor_org_id: str | None
+    action: AuditAction
+    scanner_id: str
+    token_id: str | None = None
+    recipient_user_id: str | None = None
+    notification_id: str | None = None
+
+
+def audit(
+    principal: Principal,
+    action: AuditAction,
+    scanner_id: str,
+    at: datetime,
+    *,
+    token_id: str | None = None,
+    recipient_user_id: str | None = None,
+    notification_id: str | None = None,
+) -> AuditEntry:
+    return AuditEntry(
+        at=at,
+        actor_user_id=principal.user_id,
+        actor_org_id=principal.org_id,
+        action=action,
+        scanner_id=scanner_id,
+        token_id=token_id,
+        recipient_user_id=recipient_user_id,
+        notification_id=notification_id,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ListedScanner:
+    """A scanner the caller may be able to view (a pre-filtered candidate), with its latest
+    token and whether the caller holds a grant on it."""
+
+    scanner_id: str
+    org_id: str
+    name: str
+    serial_number: str | None
+    model: str
+    authorised: bool
+    authorised_at: datetime | None
+    has_grant: bool
+    token_status: TokenStatus | None
+    token_expires_at: datetime | None
+
+
+# ------------------------------------------------------------------------------------ views
+
+
+@dataclass(frozen=True, slots=True)
+class TokenView:
+    token_id: str
+    scanner_id: str
+    code: str | None
+    status: TokenStatus
+    issued_at: datetime
+    issued_by: str
+    expires_at: datetime
+    redeemed_at: datetime | None
+
+    @classmethod
+    def of(cls, token: Token, *, status: TokenStatus, code: str | None) -> TokenView:
+        return cls(
+            token_id=token.token_id,
+            scanner_id=token.scanner_id,
+            code=code,
+            status=status,
+            issued_at=token.issued_at,
+            issued_by=token.issued_by,
+            expires_at=token.expires_at,
+            redeemed_at=token.redeemed_at,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ScannerSummary:
+    scanner_id: str
+    org_id: str
+    name: str
+    serial_number: str | None
+    model: str
+    token_status: TokenStatus | None
+    token_expires_at: datetime | None
+    authorisation_status: AuthorisationStatus
+    authorised_at: datetime | None
+    can_manage: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Viewer:
+    user_id: str
+    display_name: str
+    email: str
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorisationView:
+    status: AuthorisationStatus
+    authorised_at: datetime | None
+    credential_id: str | None
+    serial_number: str | None
+
+
+def summary(row: ListedScanner, principal: Principal, now: datetime) -> ScannerSummary | None:
+    """How a listed scanner reads to `principal` now, or None if they cannot view it."""
+    access = access_to(principal, row.org_id, has_grant=row.has_grant)
+    if not access.can_view:
+        return None
+    return ScannerSummary(
+        scanner_id=row.scanner_id,
+        org_id=row.org_id,
+        name=row.name,
+        serial_number=row.serial_number,
+        model=row.model,
+        token_status=(
+            token_status(row.token_status, row.token_expires_at, now)
+            if row.token_status is not None and row.token_expires_at is not None
+            else None
+        ),
+        token_expires_at=row.token_expires_at,
+        authorisation_status="authorised" if row.authorised else "unauthorised",
+        authorised_at=row.authorised_at if row.authorised else None,
+        can_manage=access.can_manage,
+    )
+
+
+def authorisation_view(scanner: Scanner) -> AuthorisationView:
+    if not scanner.authorised:
+        return AuthorisationView("unauthorised", None, None, None)
+    return AuthorisationView(
+        "authorised",
+        scanner.authorised_at,
+        scanner.credential_id,
+        scanner.authorised_serial_number,
+    )
 
 
 # ------------------------------------------------------------------------------------ access
@@ -86,6 +324,13 @@ def access_to(principal: Principal, scanner_org_id: str, *, has_grant: bool) -> 
     return NO_ACCESS
 
 
+def access_to_scanner(principal: Principal, scanner: Scanner | None, *, has_grant: bool) -> Access:
+    """`access_to` for a scanner as loaded: one that is unknown or not visible gives none."""
+    if scanner is None or not scanner.visible or scanner.org_id is None:
+        return NO_ACCESS
+    return access_to(principal, scanner.org_id, has_grant=has_grant)
+
+
 def require(access: Access, *, manage: bool) -> None:
     """Raise ScannerNotFound (cannot view: 404, never 403) or ManageForbidden (403)."""
     if not access.can_view:
@@ -94,16 +339,9 @@ def require(access: Access, *, manage: bool) -> None:
         raise ManageForbidden()
 
 
-@dataclass(frozen=True, slots=True)
-class Person:
-    """Someone who might receive a code: what the directory and past logins tell about them."""
-
-    user_id: str
-    org_id: str | None  # the directory's, else the one last seen in their JWT
-    display_name: str
-    email: str | None
-    has_grant: bool  # a directory grant on the scanner in question
-    seen_as_admin: bool  # last seen authenticating with role admin (in org_id)
+def require_may_email(access: Access, *, to_self: bool) -> None:
+    """Viewers may email the code to themselves; sending it to anyone else is managing."""
+    require(access, manage=not to_self)
 
 
 def person_can_view(person: Person, scanner_org_id: str) -> bool:
@@ -136,6 +374,40 @@ def choose_recipient_email(
     return email
 
 
+def viewers(people: list[Person], scanner_org_id: str) -> list[Viewer]:
+    """The people who can view the scanner and have an address: the possible recipients."""
+    return [
+        Viewer(user_id=p.user_id, display_name=p.display_name, email=p.email)
+        for p in people
+        if p.email and person_can_view(p, scanner_org_id)
+    ]
+
+
+class RecentPrincipals:
+    """Who was recorded lately (`principals_seen`), to write one user's claims at most once per
+    `interval` seconds per process, or sooner when they change. Times are monotonic seconds."""
+
+    def __init__(self, interval: float, *, capacity: int = 50_000) -> None:
+        self.interval = interval
+        self.capacity = capacity
+        self._recorded: dict[str, tuple[float, tuple[str, frozenset[str], str | None]]] = {}
+
+    def due(self, principal: Principal, now: float) -> bool:
+        """Whether to record `principal` now; if so, it counts as recorded from now on."""
+        snapshot = (principal.org_id, principal.roles, principal.email)
+        last = self._recorded.get(principal.user_id)
+        if last is not None and last[1] == snapshot and now - last[0] < self.interval:
+            return False
+        if len(self._recorded) >= self.capacity:
+            self._recorded.clear()
+        self._recorded[principal.user_id] = (now, snapshot)
+        return True
+
+    def forget(self, user_id: str) -> None:
+        """Recording failed: record them again next time."""
+        self._recorded.pop(user_id, None)
+
+
 # ------------------------------------------------------------------------------------ tokens
 
 
@@ -147,6 +419,10 @@ def token_status(stored: str, expires_at: datetime, now: datetime) -> TokenStatu
     if stored not in (ACTIVE, REDEEMED, EXPIRED, REVOKED):
         raise ValueError(f"unknown token status {stored!r}")
     return stored
+
+
+def is_active(token: Token | None, now: datetime) -> bool:
+    return token is not None and token_status(token.status, token.expires_at, now) == ACTIVE
 
 
 def expiry_for(issued_at: datetime, ttl_seconds: int) -> datetime:
@@ -169,6 +445,9 @@ def retirement_for(expires_at: datetime, now: datetime) -> Literal["expired", "r
     return "expired" if expires_at <= now else "revoked"
 
 
+# ------------------------------------------------------------------------------------ authorisation
+
+
 def authorisation_applies(
     authorised_at: datetime,
     *,
@@ -184,3 +463,19 @@ def authorisation_applies(
     if deauthorised_at is not None and authorised_at <= deauthorised_at:
         return False
     return current_authorised_at is None or authorised_at >= current_authorised_at
+
+
+def rotation_applies(scanner: Scanner, rotated_at: datetime) -> bool:
+    """Whether a `CredentialRotated` updates the scanner's credential: only while it is
+    authorised, and not for a rotation at or before the last deauthorisation."""
+    if not scanner.authorised:
+        return False
+    return scanner.deauthorised_at is None or rotated_at > scanner.deauthorised_at
+
+
+def credential_to_withdraw(scanner: Scanner, presented: str | None = None) -> str | None:
+    """The credential a ScannerDeauthorised names: the one just presented (an authorisation
+    refused at once), else the one we know, else none (fail closed: emitted all the same)."""
+    if presented is not None:
+        return presented
+    return scanner.credential_id if scanner.authorised else None

@@ -1,30 +1,30 @@
-"""Use cases of the token-issuer: load, decide (domain.py), commit state and events together.
+"""The use cases of the token-issuer: load (repositories), decide (domain.py), commit (the
+state change and its events in one unit of work: the outbox).
 
-Every state change and the events it causes are written in one transaction (the outbox), after
-locking the scanner's row. Secrets: the code exists in clear only in memory, on its way to the
-HTTP response or into the sealed form for the notifier; it is never logged.
+One function per command (HTTP), per query, per consumed event type, and the expiry sweep. Every
+unit of work that emits an event for a scanner locks that scanner's row first (`…for_update`),
+so that the relay publishes each scanner's events in commit order.
+
+Secrets: the code exists in clear only in memory, on its way to the HTTP answer or into the
+sealed form for the notifier; it is never logged.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
-
-from sqlmodel.ext.asyncio.session import AsyncSession
+from typing import Literal
 
 from scanner_auth_shared import crypto
 from scanner_auth_shared.auth import Principal
 from scanner_auth_shared.crypto import SecretBox, sealed_code_context, stored_code_context
-from scanner_auth_shared.db import Database
 from scanner_auth_shared.events import (
     CloudEvent,
     CredentialRotated,
-    EventData,
     ScannerAccessGranted,
     ScannerAccessRevoked,
     ScannerAuthorised,
@@ -36,31 +36,26 @@ from scanner_auth_shared.events import (
     TokenIssued,
     TokenRevoked,
     UserUpserted,
-    new_event,
     utcnow,
 )
-from scanner_auth_shared.outbox import enqueue, first_time
-from scanner_auth_shared.settings import aes_key_bytes
 
 from . import domain, metrics
-from .adapters import repository as repo
-from .adapters.tables import ScannerRow, TokenRow
+from .adapters.ports import UnitOfWork
 from .domain import (
     ACTIVE,
     DIRECTORY_ACTOR,
     EXPIRED,
-    NO_ACCESS,
     Access,
-    AuditAction,
-    AuthorisationStatus,
-    TokenStatus,
+    AuditEntry,
+    AuthorisationView,
+    RevokeReason,
+    Scanner,
+    ScannerSummary,
+    SeenPrincipal,
+    Token,
+    TokenView,
+    Viewer,
 )
-from .settings import Settings
-
-SERVICE = "token-issuer"
-SOURCE = f"scanner-auth/{SERVICE}"
-DIRECTORY_CONSUMER = f"{SERVICE}.directory"
-AUTHORISATIONS_CONSUMER = f"{SERVICE}.authorisations"
 
 log = logging.getLogger("scanner_auth.token_issuer")
 audit_log = logging.getLogger("scanner_auth.token_issuer.audit")
@@ -68,468 +63,452 @@ audit_log = logging.getLogger("scanner_auth.token_issuer.audit")
 Clock = Callable[[], datetime]
 
 
-# ------------------------------------------------------------------------------------ views
+# ------------------------------------------------------------------------------------ dependencies
 
 
-@dataclass(frozen=True, slots=True)
-class TokenView:
-    token_id: str
-    scanner_id: str
-    code: str | None
-    status: TokenStatus
-    issued_at: datetime
-    issued_by: str
-    expires_at: datetime
-    redeemed_at: datetime | None
+@dataclass(frozen=True)
+class Keys:
+    """The code's keys: its digest (TOKEN_PEPPER), at rest (CODE_ENCRYPTION_KEY), sealed for the
+    notifier (SEALING_KEY). Never shown by repr."""
 
+    pepper: bytes = field(repr=False)
+    at_rest: SecretBox = field(repr=False)
+    for_notifier: SecretBox = field(repr=False)
 
-@dataclass(frozen=True, slots=True)
-class ScannerSummary:
-    scanner_id: str
-    org_id: str
-    name: str
-    serial_number: str | None
-    model: str
-    token_status: TokenStatus | None
-    token_expires_at: datetime | None
-    authorisation_status: AuthorisationStatus
-    authorised_at: datetime | None
-    can_manage: bool
+    def digest(self, code: str) -> str:
+        return crypto.code_digest(self.pepper, crypto.normalise_code(code))
 
+    def store(self, code: str, token_id: str) -> bytes:
+        return self.at_rest.seal_bytes(code, stored_code_context(token_id))
 
-@dataclass(frozen=True, slots=True)
-class Viewer:
-    user_id: str
-    display_name: str
-    email: str
-
-
-@dataclass(frozen=True, slots=True)
-class AuthorisationView:
-    status: AuthorisationStatus
-    authorised_at: datetime | None
-    credential_id: str | None
-    serial_number: str | None
-
-
-# ------------------------------------------------------------------------------------ service
-
-
-class TokenIssuer:
-    def __init__(self, database: Database, settings: Settings, *, clock: Clock = utcnow) -> None:
-        self.db = database
-        self.clock = clock
-        self.ttl_seconds = settings.token_ttl_seconds
-        self.sweep_interval = settings.expiry_sweep_interval_seconds
-        self.sweep_batch = settings.expiry_sweep_batch_size
-        self.record_interval = settings.principal_record_interval_seconds
-        self._pepper = settings.token_pepper.get_secret_value().encode()
-        self._code_box = SecretBox(aes_key_bytes(settings.code_encryption_key))
-        self._sealing_box = SecretBox(aes_key_bytes(settings.sealing_key))
-        # user id -> (monotonic time recorded, what was recorded)
-        self._recorded: dict[str, tuple[float, tuple[str, frozenset[str], str | None]]] = {}
-
-    # ---------------------------------------------------------------- access
-
-    async def _scanner(
-        self, session: AsyncSession, principal: Principal, scanner_id: str, *, manage: bool,
-        lock: bool,
-    ) -> tuple[ScannerRow, str, Access]:
-        """The scanner, its organisation and the caller's access to it; ScannerNotFound (404)
-        or ManageForbidden (403) when the policy refuses. With `lock`, the scanner's row stays
-        locked until the transaction ends: required before writing events for it."""
-        scanner, granted = await repo.scanner_with_grant(session, scanner_id, principal.user_id,
-                                                         lock=lock)
-        access = (
-            NO_ACCESS if scanner is None or not scanner.visible or scanner.org_id is None
-            else domain.access_to(principal, scanner.org_id, has_grant=granted)
-        )
-        try:
-            domain.require(access, manage=manage)
-        except domain.ScannerNotFound:
-            metrics.ACCESS_REFUSED.labels("404").inc()
-            raise
-        except domain.ManageForbidden:
-            metrics.ACCESS_REFUSED.labels("403").inc()
-            raise
-        assert scanner is not None and scanner.org_id is not None
-        return scanner, scanner.org_id, access
-
-    # ---------------------------------------------------------------- principals
-
-    async def record_principal(self, principal: Principal) -> None:
-        """Remember who authenticates with which roles (to know an organisation's admins),
-        at most once per `principal_record_interval_seconds` per user and process."""
-        snapshot = (principal.org_id, principal.roles, principal.email)
-        now = time.monotonic()
-        last = self._recorded.get(principal.user_id)
-        if last is not None and last[1] == snapshot and now - last[0] < self.record_interval:
-            return
-        if len(self._recorded) > 50_000:
-            self._recorded.clear()
-        self._recorded[principal.user_id] = (now, snapshot)
-        try:
-            async with self.db.transaction() as session:
-                await repo.record_principal(
-                    session, user_id=principal.user_id, org_id=principal.org_id,
-                    roles=sorted(principal.roles), email=principal.email, at=self.clock(),
-                )
-        except Exception:
-            self._recorded.pop(principal.user_id, None)
-            raise
-
-    # ---------------------------------------------------------------- scanners
-
-    async def list_scanners(self, principal: Principal) -> list[ScannerSummary]:
-        now = self.clock()
-        async with self.db.transaction() as session:
-            rows = await repo.candidate_scanners(
-                session, user_id=principal.user_id, org_id=principal.org_id,
-                support=principal.is_support, admin=principal.is_admin,
-            )
-        out: list[ScannerSummary] = []
-        for row in rows:
-            access = domain.access_to(principal, row["org_id"], has_grant=row["has_grant"])
-            if not access.can_view:
-                continue
-            status = (
-                domain.token_status(row["token_status"], row["token_expires_at"], now)
-                if row["token_status"] is not None else None
-            )
-            out.append(ScannerSummary(
-                scanner_id=row["scanner_id"], org_id=row["org_id"], name=row["name"],
-                serial_number=row["serial_number"], model=row["model"], token_status=status,
-                token_expires_at=row["token_expires_at"],
-                authorisation_status="authorised" if row["authorised"] else "unauthorised",
-                authorised_at=row["authorised_at"] if row["authorised"] else None,
-                can_manage=access.can_manage,
-            ))
-        return out
-
-    async def viewers(self, principal: Principal, scanner_id: str) -> list[Viewer]:
-        async with self.db.transaction() as session:
-            _, org_id, _ = await self._scanner(session, principal, scanner_id, manage=True,
-                                              lock=False)
-            people = await repo.people_around(session, scanner_id, org_id)
-        return [
-            Viewer(user_id=p.user_id, display_name=p.display_name, email=p.email)
-            for p in people
-            if p.email and domain.person_can_view(p, org_id)
-        ]
-
-    # ---------------------------------------------------------------- tokens
-
-    async def generate(self, principal: Principal, scanner_id: str) -> TokenView:
-        code = crypto.generate_code()
-        token_id = str(uuid.uuid4())
-        sealed_at_rest = self._code_box.seal_bytes(code, stored_code_context(token_id))
-        digest = crypto.code_digest(self._pepper, crypto.normalise_code(code))
-        async with self.db.transaction() as session:
-            now = self.clock()
-            _, org_id, _ = await self._scanner(session, principal, scanner_id, manage=True,
-                                               lock=True)
-            await self._end_active_token(
-                session, scanner_id, now, by=principal.user_id, reason="superseded"
-            )
-            expires_at = domain.expiry_for(now, self.ttl_seconds)
-            # The token and its audit row in one statement (one round trip fewer per issue).
-            await repo.insert_generated_token(
-                session, token_id=token_id, scanner_id=scanner_id, org_id=org_id,
-                code_ciphertext=sealed_at_rest, code_digest=digest, issued_at=now,
-                issued_by=principal.user_id, actor_org_id=principal.org_id,
-                expires_at=expires_at,
-            )
-            await self._emit(session, TokenIssued(
-                token_id=token_id, scanner_id=scanner_id, org_id=org_id,
-                issued_by=principal.user_id, issued_at=now, expires_at=expires_at,
-                code_digest=digest,
-            ))
-        metrics.TOKENS_ISSUED.inc()
-        self._audit_line(principal, "generated", scanner_id, token_id=token_id)
-        return TokenView(token_id=token_id, scanner_id=scanner_id, code=code, status=ACTIVE,
-                         issued_at=now, issued_by=principal.user_id, expires_at=expires_at,
-                         redeemed_at=None)
-
-    async def latest_token(self, principal: Principal, scanner_id: str) -> TokenView:
-        async with self.db.transaction() as session:
-            now = self.clock()
-            await self._scanner(session, principal, scanner_id, manage=False, lock=False)
-            token = await repo.latest_token(session, scanner_id)
-            if token is None:
-                raise domain.TokenNotFound()
-            status = domain.token_status(token.status, token.expires_at, now)
-            code = self._open_code(token) if status == ACTIVE else None
-            if code is not None:
-                await self._audit(session, principal, "viewed_code", scanner_id, now,
-                                  token_id=token.token_id)
-        if code is not None:
-            metrics.CODES_VIEWED.inc()
-            self._audit_line(principal, "viewed_code", scanner_id, token_id=token.token_id)
-        return TokenView(token_id=token.token_id, scanner_id=token.scanner_id, code=code,
-                         status=status, issued_at=token.issued_at, issued_by=token.issued_by,
-                         expires_at=token.expires_at, redeemed_at=token.redeemed_at)
-
-    async def revoke(self, principal: Principal, scanner_id: str) -> None:
-        """Revoke the active token, if there is one (idempotent: none is fine)."""
-        async with self.db.transaction() as session:
-            now = self.clock()
-            await self._scanner(session, principal, scanner_id, manage=True, lock=True)
-            ended = await self._end_active_token(
-                session, scanner_id, now, by=principal.user_id, reason="revoked"
-            )
-            if ended is not None and ended[1] == "revoked":
-                await self._audit(session, principal, "revoked", scanner_id, now,
-                                  token_id=ended[0])
-        if ended is not None and ended[1] == "revoked":
-            self._audit_line(principal, "revoked", scanner_id, token_id=ended[0])
-
-    async def email_code(
-        self, principal: Principal, scanner_id: str, recipient_user_id: str | None
-    ) -> str:
-        """Ask the notifier to email the active code; the notification id."""
-        recipient_id = recipient_user_id or principal.user_id
-        async with self.db.transaction() as session:
-            now = self.clock()
-            scanner, org_id, access = await self._scanner(
-                session, principal, scanner_id, manage=False, lock=True
-            )
-            if recipient_id != principal.user_id and not access.can_manage:
-                metrics.ACCESS_REFUSED.labels("403").inc()
-                raise domain.ManageForbidden()
-            token = await repo.active_token(session, scanner_id)
-            if token is None or domain.token_status(token.status, token.expires_at, now) != ACTIVE:
-                raise domain.NoActiveToken()
-            person = await repo.person(session, recipient_id, scanner_id)
-            email = domain.choose_recipient_email(principal, recipient_id, person, org_id)
-            notification_id = str(uuid.uuid4())
-            sealed = self._sealing_box.seal(
-                self._open_code(token), sealed_code_context(token.token_id)
-            )
-            await self._emit(session, TokenEmailRequested(
-                notification_id=notification_id, token_id=token.token_id,
-                scanner_id=scanner_id, org_id=org_id, recipient_user_id=recipient_id,
-                recipient_email=email, requested_by=principal.user_id,
-                expires_at=token.expires_at, scanner_name=scanner.name,
-                serial_number=scanner.serial_number or "", sealed_code=sealed,
-            ))
-            await self._audit(session, principal, "emailed", scanner_id, now,
-                              token_id=token.token_id, recipient_user_id=recipient_id,
-                              notification_id=notification_id)
-        metrics.CODE_EMAILS_REQUESTED.inc()
-        self._audit_line(principal, "emailed", scanner_id, token_id=token.token_id,
-                         recipient_user_id=recipient_id, notification_id=notification_id)
-        return notification_id
-
-    def _open_code(self, token: TokenRow) -> str:
+    def code_of(self, token: Token) -> str:
         assert token.code_ciphertext is not None, "an active token keeps its code"
-        return self._code_box.open_bytes(token.code_ciphertext, stored_code_context(token.token_id))
+        return self.at_rest.open_bytes(token.code_ciphertext, stored_code_context(token.token_id))
 
-    async def _end_active_token(
-        self, session: AsyncSession, scanner_id: str, now: datetime, *, by: str,
-        reason: str,
-    ) -> tuple[str, str] | None:
-        """End the scanner's active token (its row must be locked): revoked with `reason`, or
-        expired when it is past its expiry time. (token id, how) or None if there was none."""
-        token = await repo.active_token(session, scanner_id)
+    def seal_for_notifier(self, code: str, token_id: str) -> str:
+        return self.for_notifier.seal(code, sealed_code_context(token_id))
+
+
+@dataclass(frozen=True)
+class Context:
+    """What the use cases need besides a unit of work (built by app.py from the settings)."""
+
+    keys: Keys
+    ttl_seconds: int
+    principals: domain.RecentPrincipals
+    sweep_batch: int = 500
+    clock: Clock = utcnow
+    monotonic: Callable[[], float] = time.monotonic
+
+
+# ------------------------------------------------------------------------------------ commands
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateToken:
+    by: Principal
+    scanner_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RevokeToken:
+    by: Principal
+    scanner_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class EmailCode:
+    by: Principal
+    scanner_id: str
+    recipient_user_id: str | None = None  # the caller when None
+
+
+@dataclass(frozen=True, slots=True)
+class Deauthorise:
+    by: Principal
+    scanner_id: str
+
+
+# ------------------------------------------------------------------------------------ tokens
+
+
+async def generate_token(uow: UnitOfWork, ctx: Context, command: GenerateToken) -> TokenView:
+    """A new code for the scanner (manage); the active one, if any, is superseded."""
+    code = crypto.generate_code()
+    token_id = str(uuid.uuid4())
+    stored, digest = ctx.keys.store(code, token_id), ctx.keys.digest(code)
+    by, scanner_id = command.by, command.scanner_id
+    async with uow:
+        now = ctx.clock()
+        scanner, _ = await _scanner(uow, by, scanner_id, manage=True, for_update=True)
+        await _end_active_token(uow, scanner_id, now, by=by.user_id, reason="superseded")
+        token = Token(
+            token_id, scanner_id, _org(scanner), stored, digest, ACTIVE, now, by.user_id,
+            domain.expiry_for(now, ctx.ttl_seconds),
+        )  # fmt: skip
+        entry = domain.audit(by, "generated", scanner_id, now, token_id=token_id)
+        await uow.tokens.add(token, entry)
+        issued = TokenIssued(
+            token_id=token_id, scanner_id=scanner_id, org_id=token.org_id, issued_by=by.user_id,
+            issued_at=now, expires_at=token.expires_at, code_digest=digest,
+        )  # fmt: skip
+        uow.emit(issued)
+        await uow.commit()
+    metrics.TOKENS_ISSUED.inc()
+    _log(entry)
+    return TokenView.of(token, status=ACTIVE, code=code)
+
+
+async def show_latest_token(
+    uow: UnitOfWork, ctx: Context, principal: Principal, scanner_id: str
+) -> TokenView:
+    """The latest token (view), with its code only while it is active (audited)."""
+    entry = None
+    async with uow:
+        now = ctx.clock()
+        await _scanner(uow, principal, scanner_id, manage=False, for_update=False)
+        token = await uow.tokens.latest(scanner_id)
         if token is None:
-            return None
-        if domain.retirement_for(token.expires_at, now) == EXPIRED:
-            expired = await repo.expire_token(session, token.token_id, now)
-            if expired is None:
-                return None
-            await self._emit_expired(session, expired)
-            return token.token_id, EXPIRED
-        if not await repo.revoke_token(session, token.token_id, at=now, by=by, reason=reason):
-            return None
-        await self._emit(session, TokenRevoked(
-            token_id=token.token_id, scanner_id=scanner_id, org_id=token.org_id, revoked_by=by,
-            reason="superseded" if reason == "superseded" else "revoked", revoked_at=now,
-        ))
-        metrics.TOKENS_ENDED.labels(reason).inc()
-        return token.token_id, "revoked"
+            raise domain.TokenNotFound()
+        status = domain.token_status(token.status, token.expires_at, now)
+        code = ctx.keys.code_of(token) if status == ACTIVE else None
+        if code is not None:
+            entry = domain.audit(principal, "viewed_code", scanner_id, now, token_id=token.token_id)
+            await uow.audit.record(entry)
+            await uow.commit()
+    if entry is not None:
+        metrics.CODES_VIEWED.inc()
+        _log(entry)
+    return TokenView.of(token, status=status, code=code)
 
-    async def _emit_expired(self, session: AsyncSession, expired: repo.ExpiredToken) -> None:
-        await self._emit(session, TokenExpired(
-            token_id=expired.token_id, scanner_id=expired.scanner_id, org_id=expired.org_id,
-            expired_at=expired.expires_at,
-        ))
-        metrics.TOKENS_ENDED.labels("expired").inc()
 
-    # ---------------------------------------------------------------- authorisation
+async def revoke_token(uow: UnitOfWork, ctx: Context, command: RevokeToken) -> None:
+    """Revoke the active token (manage); none is fine (idempotent, no event)."""
+    by, scanner_id = command.by, command.scanner_id
+    entry = None
+    async with uow:
+        now = ctx.clock()
+        await _scanner(uow, by, scanner_id, manage=True, for_update=True)
+        ended = await _end_active_token(uow, scanner_id, now, by=by.user_id, reason="revoked")
+        if ended is not None and ended[1] == "revoked":
+            entry = domain.audit(by, "revoked", scanner_id, now, token_id=ended[0])
+            await uow.audit.record(entry)
+        await uow.commit()
+    if entry is not None:
+        _log(entry)
 
-    async def authorisation(self, principal: Principal, scanner_id: str) -> AuthorisationView:
-        async with self.db.transaction() as session:
-            scanner, _, _ = await self._scanner(session, principal, scanner_id, manage=False,
-                                                lock=False)
-        if not scanner.authorised:
-            return AuthorisationView("unauthorised", None, None, None)
-        return AuthorisationView("authorised", scanner.authorised_at, scanner.credential_id,
-                                 scanner.authorised_serial_number)
 
-    async def deauthorise(self, principal: Principal, scanner_id: str) -> None:
-        """Withdraw the scanner's authorisation. Always emits ScannerDeauthorised: this view may
-        lag a redemption, so it fails closed."""
-        async with self.db.transaction() as session:
-            now = self.clock()
-            scanner, org_id, _ = await self._scanner(session, principal, scanner_id, manage=True,
-                                                     lock=True)
-            await self._deauthorise(session, scanner, org_id, now, by=principal.user_id,
-                                    reason="deauthorised")
-            await self._audit(session, principal, "deauthorised", scanner_id, now)
-        self._audit_line(principal, "deauthorised", scanner_id)
+async def email_code(uow: UnitOfWork, ctx: Context, command: EmailCode) -> str:
+    """Ask the notifier to email the active code (TokenEmailRequested, the code sealed for it):
+    to oneself (view) or to another user who can view the scanner (manage). The notification
+    id."""
+    by, scanner_id = command.by, command.scanner_id
+    recipient_id = command.recipient_user_id or by.user_id
+    async with uow:
+        now = ctx.clock()
+        scanner, access = await _scanner(uow, by, scanner_id, manage=False, for_update=True)
+        domain.require_may_email(access, to_self=recipient_id == by.user_id)
+        token = await uow.tokens.active(scanner_id)
+        if token is None or not domain.is_active(token, now):
+            raise domain.NoActiveToken()
+        recipient = await uow.people.person(recipient_id, scanner_id)
+        email = domain.choose_recipient_email(by, recipient_id, recipient, _org(scanner))
+        notification_id = str(uuid.uuid4())
+        sealed = ctx.keys.seal_for_notifier(ctx.keys.code_of(token), token.token_id)
+        requested = TokenEmailRequested(
+            notification_id=notification_id, token_id=token.token_id, scanner_id=scanner_id,
+            org_id=_org(scanner), recipient_user_id=recipient_id, recipient_email=email,
+            requested_by=by.user_id, expires_at=token.expires_at, scanner_name=scanner.name,
+            serial_number=scanner.serial_number or "", sealed_code=sealed,
+        )  # fmt: skip
+        uow.emit(requested)
+        entry = domain.audit(
+            by, "emailed", scanner_id, now, token_id=token.token_id,
+            recipient_user_id=recipient_id, notification_id=notification_id,
+        )  # fmt: skip
+        await uow.audit.record(entry)
+        await uow.commit()
+    metrics.CODE_EMAILS_REQUESTED.inc()
+    _log(entry)
+    return notification_id
 
-    async def _deauthorise(
-        self, session: AsyncSession, scanner: ScannerRow, org_id: str, now: datetime, *,
-        by: str, reason: str, credential_id: str | None = None,
-    ) -> None:
-        if credential_id is None and scanner.authorised:
-            credential_id = scanner.credential_id
-        await repo.set_deauthorised(session, scanner.scanner_id, now)
-        await self._emit(session, ScannerDeauthorised(
-            scanner_id=scanner.scanner_id, org_id=org_id, credential_id=credential_id,
-            deauthorised_by=by, reason=reason, deauthorised_at=now,
-        ))
-        metrics.DEAUTHORISATIONS.labels(reason).inc()
 
-    # ---------------------------------------------------------------- expiry
+# ------------------------------------------------------------------------------------ queries
 
-    async def sweep_expired(self) -> int:
-        """Mark due active tokens expired, each with exactly one TokenExpired, whatever the
-        number of replicas sweeping at once. The number this call expired."""
-        now = self.clock()
-        async with self.db.session() as session:
-            due = await repo.due_tokens(session, now, self.sweep_batch)
+
+async def list_scanners(
+    uow: UnitOfWork, ctx: Context, principal: Principal
+) -> list[ScannerSummary]:
+    """The scanners the caller can view, with token and authorisation status."""
+    now = ctx.clock()
+    async with uow:
+        rows = await uow.scanners.listed_for(
+            principal.user_id, principal.org_id,
+            support=principal.is_support, admin=principal.is_admin,
+        )  # fmt: skip
+    return [s for row in rows if (s := domain.summary(row, principal, now)) is not None]
+
+
+async def list_viewers(uow: UnitOfWork, principal: Principal, scanner_id: str) -> list[Viewer]:
+    """Who can view the scanner (manage), to choose the recipient of an email."""
+    async with uow:
+        scanner, _ = await _scanner(uow, principal, scanner_id, manage=True, for_update=False)
+        people = await uow.people.around(scanner_id, _org(scanner))
+    return domain.viewers(people, _org(scanner))
+
+
+async def show_authorisation(
+    uow: UnitOfWork, principal: Principal, scanner_id: str
+) -> AuthorisationView:
+    """Whether the scanner is authorised, with which credential (view)."""
+    async with uow:
+        scanner, _ = await _scanner(uow, principal, scanner_id, manage=False, for_update=False)
+    return domain.authorisation_view(scanner)
+
+
+# ------------------------------------------------------------------------------------ authorisation
+
+
+async def deauthorise(uow: UnitOfWork, ctx: Context, command: Deauthorise) -> None:
+    """Withdraw the scanner's authorisation (manage). Always emits ScannerDeauthorised, also
+    when no authorisation is known: this view may lag a redemption, so it fails closed."""
+    by, scanner_id = command.by, command.scanner_id
+    async with uow:
+        now = ctx.clock()
+        scanner, _ = await _scanner(uow, by, scanner_id, manage=True, for_update=True)
+        await _deauthorise(uow, scanner, _org(scanner), now, by=by.user_id, reason="deauthorised")
+        entry = domain.audit(by, "deauthorised", scanner_id, now)
+        await uow.audit.record(entry)
+        await uow.commit()
+    _log(entry)
+
+
+# ------------------------------------------------------------------------------------ principals
+
+
+async def record_principal(uow: UnitOfWork, ctx: Context, principal: Principal) -> None:
+    """Remember who authenticates with which roles (to know an organisation's admins), at most
+    once per `principal_record_interval_seconds` per user and process."""
+    if not ctx.principals.due(principal, ctx.monotonic()):
+        return
+    seen = SeenPrincipal(
+        principal.user_id, principal.org_id, tuple(sorted(principal.roles)), principal.email
+    )
+    try:
+        async with uow:
+            await uow.people.record_seen(seen, ctx.clock())
+            await uow.commit()
+    except BaseException:
+        ctx.principals.forget(principal.user_id)
+        raise
+
+
+# ------------------------------------------------------------------------------------ expiry
+
+
+async def expire_due_tokens(uow: UnitOfWork, ctx: Context) -> int:
+    """Mark due active tokens expired, each with exactly one TokenExpired whatever the number
+    of replicas sweeping at once (the conditional UPDATE decides, under the scanner's lock).
+    Batch after batch while they come back full; the number this call expired."""
+    total = 0
+    while True:
+        now = ctx.clock()
+        async with uow:
+            due = await uow.tokens.due(now, ctx.sweep_batch)
         expired = 0
         for token_id, scanner_id in due:
-            async with self.db.transaction() as session:
-                await repo.lock_scanner(session, scanner_id)
-                row = await repo.expire_token(session, token_id, now)
-                if row is not None:
-                    await self._emit_expired(session, row)
+            async with uow:
+                await uow.scanners.get_for_update(scanner_id)
+                token = await uow.tokens.expire(token_id, now)
+                if token is not None:
+                    _emit_expired(uow, token)
+                    await uow.commit()
                     expired += 1
-        if expired:
-            log.info("tokens expired", extra={"count": expired})
-        return expired
+        total += expired
+        if expired < ctx.sweep_batch:
+            break
+    if total:
+        log.info("tokens expired", extra={"count": total})
+    return total
 
-    async def run_expiry_sweeper(self) -> None:
-        while True:
-            try:
-                while await self.sweep_expired() >= self.sweep_batch:
-                    pass
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("expiry sweep failed; retrying", extra={"error": type(exc).__name__})
-            await asyncio.sleep(self.sweep_interval)
 
-    # ---------------------------------------------------------------- directory view
+# ------------------------------------------------------------------------------ directory view
 
-    async def apply_directory_event(self, event: CloudEvent, data: EventData) -> None:
-        async with self.db.transaction() as session:
-            if not await first_time(session, DIRECTORY_CONSUMER, event.id):
-                return
-            if isinstance(data, ScannerRegistered):
-                await repo.upsert_scanner(
-                    session, scanner_id=data.scanner_id, org_id=data.org_id,
-                    serial_number=data.serial_number, name=data.name, model=data.model,
-                )
-            elif isinstance(data, ScannerRemoved):
-                await self._scanner_removed(session, data.scanner_id)
-            elif isinstance(data, UserUpserted):
-                await repo.upsert_user(session, user_id=data.user_id, org_id=data.org_id,
-                                       email=data.email, display_name=data.display_name)
-            elif isinstance(data, ScannerAccessGranted):
-                await repo.add_grant(session, data.scanner_id, data.user_id)
-            elif isinstance(data, ScannerAccessRevoked):
-                await repo.remove_grant(session, data.scanner_id, data.user_id)
 
-    async def _scanner_removed(self, session: AsyncSession, scanner_id: str) -> None:
-        scanner = await repo.lock_scanner(session, scanner_id)
-        if scanner is None or scanner.removed_at is not None:
-            return  # unknown or already removed: nothing to do
-        now = self.clock()
-        await repo.mark_removed(session, scanner_id, now)
-        await self._end_active_token(session, scanner_id, now, by=DIRECTORY_ACTOR,
-                                     reason="revoked")
-        if scanner.authorised and scanner.org_id is not None:
-            await self._deauthorise(session, scanner, scanner.org_id, now,
-                                    by=DIRECTORY_ACTOR, reason="scanner_removed")
-        log.info("scanner removed", extra={"scanner_id": scanner_id})
+async def on_scanner_registered(uow: UnitOfWork, _: CloudEvent, data: ScannerRegistered) -> None:
+    await uow.scanners.register(
+        data.scanner_id, data.org_id, data.serial_number, data.name, data.model
+    )
 
-    # ---------------------------------------------------------------- authorisation view
 
-    async def apply_authorisation_event(self, event: CloudEvent, data: EventData) -> None:
-        async with self.db.transaction() as session:
-            if not await first_time(session, AUTHORISATIONS_CONSUMER, event.id):
-                return
-            if isinstance(data, ScannerAuthorised):
-                await self._scanner_authorised(session, data)
-            elif isinstance(data, CredentialRotated):
-                scanner = await repo.lock_scanner(session, data.scanner_id)
-                if scanner is None or not scanner.authorised:
-                    return
-                deauthorised_at = scanner.deauthorised_at
-                if deauthorised_at is not None and data.rotated_at <= deauthorised_at:
-                    return
-                await repo.set_credential(session, data.scanner_id, data.credential_id)
-
-    async def _scanner_authorised(self, session: AsyncSession, data: ScannerAuthorised) -> None:
-        await repo.ensure_scanner_row(session, data.scanner_id, data.org_id)
-        scanner = await repo.lock_scanner(session, data.scanner_id)
-        assert scanner is not None
-        token = await repo.token_by_id(session, data.token_id)
-        if (
-            token is not None
-            and token.scanner_id == data.scanner_id
-            and domain.redemption_applies(token.status, token.expires_at, data.authorised_at)
-            and await repo.redeem_token(session, token.token_id, data.authorised_at)
-        ):
-            metrics.TOKENS_ENDED.labels("redeemed").inc()
-        fresh = domain.authorisation_applies(
-            data.authorised_at, current_authorised_at=scanner.authorised_at if scanner.authorised
-            else None, deauthorised_at=scanner.deauthorised_at,
+async def on_scanner_removed(
+    uow: UnitOfWork, _: CloudEvent, data: ScannerRemoved, *, clock: Clock = utcnow
+) -> None:
+    """Hide the scanner for good, revoke its active token and, if it is authorised, withdraw
+    that (ScannerDeauthorised, reason scanner_removed). Unknown or removed already: nothing."""
+    scanner = await uow.scanners.get_for_update(data.scanner_id)
+    if scanner is None or scanner.removed_at is not None:
+        return
+    now = clock()
+    await uow.scanners.mark_removed(data.scanner_id, now)
+    await _end_active_token(uow, data.scanner_id, now, by=DIRECTORY_ACTOR, reason="revoked")
+    if scanner.authorised and scanner.org_id is not None:
+        await _deauthorise(
+            uow, scanner, scanner.org_id, now, by=DIRECTORY_ACTOR, reason="scanner_removed"
         )
-        if not fresh:
-            return
-        if scanner.removed_at is not None:
-            # Authorised after the directory removed it (the redeemer had not heard yet):
-            # fail closed, the new credential must not work.
-            await self._deauthorise(session, scanner, scanner.org_id or data.org_id,
-                                    self.clock(), by=DIRECTORY_ACTOR, reason="scanner_removed",
-                                    credential_id=data.credential_id)
-            return
-        await repo.set_authorised(session, data.scanner_id, at=data.authorised_at,
-                                  credential_id=data.credential_id,
-                                  serial_number=data.serial_number)
+    log.info("scanner removed", extra={"scanner_id": data.scanner_id})
 
-    # ---------------------------------------------------------------- plumbing
 
-    @staticmethod
-    async def _emit(session: AsyncSession, data: EventData) -> None:
-        await enqueue(session, new_event(data, source=SOURCE), topic=data.topic)
+async def on_user_upserted(uow: UnitOfWork, _: CloudEvent, data: UserUpserted) -> None:
+    await uow.people.upsert_user(data.user_id, data.org_id, data.email, data.display_name)
 
-    @staticmethod
-    async def _audit(
-        session: AsyncSession, principal: Principal, action: AuditAction, scanner_id: str,
-        at: datetime, *, token_id: str | None = None, recipient_user_id: str | None = None,
-        notification_id: str | None = None,
-    ) -> None:
-        await repo.audit(session, at=at, actor_user_id=principal.user_id,
-                         actor_org_id=principal.org_id, action=action, scanner_id=scanner_id,
-                         token_id=token_id, recipient_user_id=recipient_user_id,
-                         notification_id=notification_id)
 
-    @staticmethod
-    def _audit_line(
-        principal: Principal, action: AuditAction, scanner_id: str, *,
-        token_id: str | None = None, recipient_user_id: str | None = None,
-        notification_id: str | None = None,
-    ) -> None:
-        audit_log.info(
-            "audit %s", action,
-            extra={"audit_action": action, "actor_user_id": principal.user_id,
-                   "actor_org_id": principal.org_id, "scanner_id": scanner_id,
-                   "token_id": token_id, "recipient_user_id": recipient_user_id,
-                   "notification_id": notification_id},
-        )
+async def on_access_granted(uow: UnitOfWork, _: CloudEvent, data: ScannerAccessGranted) -> None:
+    await uow.people.grant(data.scanner_id, data.user_id)
 
+
+async def on_access_revoked(uow: UnitOfWork, _: CloudEvent, data: ScannerAccessRevoked) -> None:
+    await uow.people.revoke_grant(data.scanner_id, data.user_id)
+
+
+# ------------------------------------------------------------------------- authorisation view
+
+
+async def on_scanner_authorised(
+    uow: UnitOfWork, _: CloudEvent, data: ScannerAuthorised, *, clock: Clock = utcnow
+) -> None:
+    """The token is redeemed; the scanner is authorised with the new credential, unless the
+    event is stale, or the scanner was removed (then withdrawn at once: fail closed)."""
+    await uow.scanners.ensure(data.scanner_id, data.org_id)
+    scanner = await uow.scanners.get_for_update(data.scanner_id)
+    assert scanner is not None
+    await _redeem(uow, data)
+    current = scanner.authorised_at if scanner.authorised else None
+    deauthorised_at = scanner.deauthorised_at
+    if not domain.authorisation_applies(
+        data.authorised_at, current_authorised_at=current, deauthorised_at=deauthorised_at
+    ):
+        return
+    if scanner.removed_at is not None:  # the redeemer had not heard of the removal yet
+        org_id = scanner.org_id or data.org_id
+        await _deauthorise(
+            uow, scanner, org_id, clock(), by=DIRECTORY_ACTOR, reason="scanner_removed",
+            credential_id=data.credential_id,
+        )  # fmt: skip
+        return
+    await uow.scanners.set_authorised(
+        data.scanner_id, at=data.authorised_at, credential_id=data.credential_id,
+        serial_number=data.serial_number,
+    )  # fmt: skip
+
+
+async def on_credential_rotated(uow: UnitOfWork, _: CloudEvent, data: CredentialRotated) -> None:
+    """The scanner's credential id follows a rotation, unless it is no longer authorised."""
+    scanner = await uow.scanners.get_for_update(data.scanner_id)
+    if scanner is not None and domain.rotation_applies(scanner, data.rotated_at):
+        await uow.scanners.set_credential(data.scanner_id, data.credential_id)
+
+
+# ------------------------------------------------------------------------------------ steps
+
+
+async def _scanner(
+    uow: UnitOfWork, principal: Principal, scanner_id: str, *, manage: bool, for_update: bool
+) -> tuple[Scanner, Access]:
+    """The scanner and the caller's access to it; ScannerNotFound or ManageForbidden when the
+    policy refuses. `for_update`: its row locked until the unit of work ends (before writing
+    events for it)."""
+    if for_update:
+        found = await uow.scanners.get_with_grant_for_update(scanner_id, principal.user_id)
+    else:
+        found = await uow.scanners.get_with_grant(scanner_id, principal.user_id)
+    scanner, granted = found
+    access = domain.access_to_scanner(principal, scanner, has_grant=granted)
+    domain.require(access, manage=manage)
+    assert scanner is not None
+    return scanner, access
+
+
+def _org(scanner: Scanner) -> str:
+    assert scanner.org_id is not None, "a visible scanner has an organisation"
+    return scanner.org_id
+
+
+async def _end_active_token(
+    uow: UnitOfWork, scanner_id: str, now: datetime, *, by: str, reason: RevokeReason
+) -> tuple[str, Literal["expired", "revoked"]] | None:
+    """End the scanner's active token (its row locked): revoked with `reason`, or expired when
+    it is past its expiry time. (token id, how), or None if there was none."""
+    token = await uow.tokens.active(scanner_id)
+    if token is None:
+        return None
+    if domain.retirement_for(token.expires_at, now) == EXPIRED:
+        expired = await uow.tokens.expire(token.token_id, now)
+        if expired is None:
+            return None
+        _emit_expired(uow, expired)
+        return token.token_id, "expired"
+    if not await uow.tokens.revoke(token.token_id, at=now, by=by, reason=reason):
+        return None
+    revoked = TokenRevoked(
+        token_id=token.token_id, scanner_id=scanner_id, org_id=token.org_id, revoked_by=by,
+        reason=reason, revoked_at=now,
+    )  # fmt: skip
+    uow.emit(revoked)
+    metrics.TOKENS_ENDED.labels(reason).inc()
+    return token.token_id, "revoked"
+
+
+def _emit_expired(uow: UnitOfWork, token: Token) -> None:
+    expired = TokenExpired(
+        token_id=token.token_id,
+        scanner_id=token.scanner_id,
+        org_id=token.org_id,
+        expired_at=token.expires_at,
+    )
+    uow.emit(expired)
+    metrics.TOKENS_ENDED.labels("expired").inc()
+
+
+async def _deauthorise(
+    uow: UnitOfWork, scanner: Scanner, org_id: str, now: datetime, *, by: str, reason: str,
+    credential_id: str | None = None,
+) -> None:  # fmt: skip
+    await uow.scanners.set_deauthorised(scanner.scanner_id, now)
+    withdrawn = ScannerDeauthorised(
+        scanner_id=scanner.scanner_id, org_id=org_id,
+        credential_id=domain.credential_to_withdraw(scanner, credential_id),
+        deauthorised_by=by, reason=reason, deauthorised_at=now,
+    )  # fmt: skip
+    uow.emit(withdrawn)
+    metrics.DEAUTHORISATIONS.labels(reason).inc()
+
+
+async def _redeem(uow: UnitOfWork, data: ScannerAuthorised) -> None:
+    """Mark the token the scanner redeemed as such (also if the sweeper expired it after the
+    redemption, before we heard of it)."""
+    token = await uow.tokens.get(data.token_id)
+    if (
+        token is not None
+        and token.scanner_id == data.scanner_id
+        and domain.redemption_applies(token.status, token.expires_at, data.authorised_at)
+        and await uow.tokens.redeem(token.token_id, data.authorised_at)
+    ):
+        metrics.TOKENS_ENDED.labels("redeemed").inc()
+
+
+def _log(entry: AuditEntry) -> None:
+    """The audit row, also as a line of the audit logger (fields only: never a code)."""
+    audit_log.info(
+        "audit %s",
+        entry.action,
+        extra={
+            "audit_action": entry.action,
+            "actor_user_id": entry.actor_user_id,
+            "actor_org_id": entry.actor_org_id,
+            "scanner_id": entry.scanner_id,
+            "token_id": entry.token_id,
+            "recipient_user_id": entry.recipient_user_id,
+            "notification_id": entry.notification_id,
+        },
+    )

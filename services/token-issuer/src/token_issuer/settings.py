@@ -7,7 +7,18 @@ from pydantic import Field, ValidationInfo, field_validator
 from scanner_auth_shared.auth import JwtVerifier
 from scanner_auth_shared.settings import AesKey, DatabaseSettings, Pepper
 
-from .ui import host_origins
+
+def host_origins(spec: str) -> list[str]:
+    """`UI_HOST_ORIGINS`: comma-separated origins such as `https://my.myscanner.com`."""
+    origins = []
+    for item in spec.split(","):
+        origin = item.strip().rstrip("/")
+        if origin:
+            scheme, _, host = origin.partition("://")
+            if scheme not in ("https", "http") or not host or any(c in host for c in " ;'/*"):
+                raise ValueError(f"has {origin[:100]!r}, not an origin (https://host[:port])")
+            origins.append(origin)
+    return origins
 
 
 class Settings(DatabaseSettings):

@@ -1,4 +1,7 @@
-"""Reading and writing topics directly, as another MyScanner service would (tests only)."""
+"""Reading and writing topics directly, as another MyScanner service would (tests only).
+
+Each helper takes aiokafka client options as keywords (`**client`) for a secured broker: SASL
+credentials and TLS (`testing.acls.SecuredKafka.security`)."""
 
 from __future__ import annotations
 
@@ -8,7 +11,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from ..events import CloudEvent, EventData, PoisonMessage, new_event
+from ..events import EVENT_TYPES, CloudEvent, EventData, PoisonMessage, new_event
+from .signing import signer
 
 
 async def publish_raw(
@@ -17,8 +21,10 @@ async def publish_raw(
     key: str | None,
     value: bytes,
     headers: list[tuple[str, bytes]] | None = None,
+    **client: Any,
 ) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+    """`value` as it is: unsigned, unparsed (poison, forgeries)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **client)
     await producer.start()
     try:
         await producer.send_and_wait(
@@ -28,17 +34,37 @@ async def publish_raw(
         await producer.stop()
 
 
+def default_source(data: EventData) -> str:
+    """The CloudEvents source its producer writes: `scanner-auth/<service>`, or the
+    directory's."""
+    return (
+        "myscanner/directory" if data.producer == "directory" else f"scanner-auth/{data.producer}"
+    )
+
+
 async def publish_events(
-    bootstrap: str, topic: str, *datas: EventData | CloudEvent, source: str = "myscanner/directory"
+    bootstrap: str,
+    topic: str,
+    *datas: EventData | CloudEvent,
+    source: str | None = None,
+    **client: Any,
 ) -> list[CloudEvent]:
-    events = [d if isinstance(d, CloudEvent) else new_event(d, source=source) for d in datas]
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+    """Publish events as their producers would: the source each producer writes (unless
+    `source` says otherwise), keyed by subject, signed with the producer's test key
+    (`testing.signing`) when the event's type names its producer."""
+    events = [
+        d if isinstance(d, CloudEvent) else new_event(d, source=source or default_source(d))
+        for d in datas
+    ]
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", **client)
     await producer.start()
     try:
         for event in events:
-            await producer.send_and_wait(
-                topic, event.to_bytes(), key=(event.subject or "").encode() or None
-            )
+            key = (event.subject or "").encode() or None
+            value = event.to_bytes()
+            model = EVENT_TYPES.get(event.type)
+            headers = [signer(model.producer).header(topic, key, value)] if model else []
+            await producer.send_and_wait(topic, value, key=key, headers=headers)
     finally:
         await producer.stop()
     return events
@@ -64,12 +90,15 @@ async def topic_partitions(
     return set()
 
 
-async def read_topic(bootstrap: str, topic: str, timeout: float = 15.0) -> list[Any]:
+async def read_topic(bootstrap: str, topic: str, timeout: float = 15.0, **client: Any) -> list[Any]:
     """Every record now on `topic` (aiokafka ConsumerRecord), from the start of each partition
     to its end offset at the time of the call. TimeoutError rather than a partial answer when
     the records cannot all be fetched within `timeout` (a broker that is still recovering)."""
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest"
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        **client,
     )
     await consumer.start()
     try:
@@ -102,9 +131,11 @@ async def read_topic(bootstrap: str, topic: str, timeout: float = 15.0) -> list[
         await consumer.stop()
 
 
-async def events_on(bootstrap: str, topic: str, type_: str | None = None) -> list[CloudEvent]:
+async def events_on(
+    bootstrap: str, topic: str, type_: str | None = None, **client: Any
+) -> list[CloudEvent]:
     found = []
-    for record in await read_topic(bootstrap, topic):
+    for record in await read_topic(bootstrap, topic, **client):
         try:
             event = CloudEvent.from_bytes(record.value)
         except PoisonMessage:
@@ -115,13 +146,19 @@ async def events_on(bootstrap: str, topic: str, type_: str | None = None) -> lis
 
 
 async def wait_for_events(
-    bootstrap: str, topic: str, type_: str, count: int = 1, timeout: float = 15.0, match: Any = None
+    bootstrap: str,
+    topic: str,
+    type_: str,
+    count: int = 1,
+    timeout: float = 15.0,
+    match: Any = None,
+    **client: Any,
 ) -> list[CloudEvent]:
     deadline = time.monotonic() + timeout
     found: list[CloudEvent] = []
     while time.monotonic() < deadline:
         try:
-            on_topic = await events_on(bootstrap, topic, type_)
+            on_topic = await events_on(bootstrap, topic, type_, **client)
         except TimeoutError:
             on_topic = []  # the broker is still recovering: look again
         found = [e for e in on_topic if match is None or match(e)]

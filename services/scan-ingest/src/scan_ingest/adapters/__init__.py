@@ -1,1 +1,2 @@
-"""scan-ingest's adapters: its tables, the gate writer's store and the gate's listener."""
+"""scan-ingest's adapters: its ports, the repository (PostgreSQL and in memory), its tables, the
+gate in memory and its sync, and the Kafka publisher of uploads."""

@@ -1,159 +1,150 @@
-"""Keeps one replica's gate in step with `gate_credentials`.
+"""Keeps one replica's gate in step with `gate_credentials`, on the shared listener.
 
-On a dedicated asyncpg connection: LISTEN scan_ingest_gate first, then load every row (so no
-change committed meanwhile can be missed), then on each notification reload the rows of the
-scanners it names. Every `resync_seconds`, and on every reconnection, everything is loaded again
-and swapped in at once (a safety net: nothing is lost if a notification ever were).
+The gate writer (handlers.py) NOTIFYs `scan_ingest_gate` with the scanner id whenever one of a
+scanner's credentials changes; every replica listens (`scanner_auth_shared.listen.Listener`,
+one dedicated connection, `application_name` scan-ingest-gate) and runs `GateSync.session` on
+that connection:
 
-All loads run in this one task, one after another, so a scanner reload never races a full load:
-a notification that arrives during a full load is applied after it, from newer data.
+1. load every row (one repeatable-read snapshot, read in chunks, swapped in at once). The
+   listener LISTENs before the session starts, so no change committed meanwhile is missed;
+2. then follow: wait (`listener.idle`) for a notification or the next resync; on a
+   notification reload the rows of the scanners it named; every `resync_seconds` load
+   everything again (a safety net: nothing is lost if a notification ever were).
 
-While idle the connection is checked every `keepalive_seconds`; a connection that is lost or
-does not answer is replaced. `ready` is true once a full load completed and while the listener
-is connected; the gate keeps answering from memory in between (readiness takes the replica out
-of rotation).
+All loads run in this one session, one after another, so a scanner reload never races a full
+load: a notification that arrives during a full load is applied after it, from newer data.
+The listener checks an idle connection every keep-alive period and, when the connection is
+lost, connects again and runs the session again (a full load first).
+
+Ready (`ready`) once a full load completed on the current connection and while the listener is
+connected; the gate keeps answering from memory in between (readiness takes the replica out of
+rotation), and uploads answer 503 only until the very first full load.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import random
 import time
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
-import asyncpg
+from scanner_auth_shared.postgres import Connection
 
 from .. import metrics
-from ..gate import CredentialGate, GateBuilder
-from .store import FULL_RELOAD, NOTIFY_CHANNEL
+from .gate import CredentialGate, GateBuilder
+from .ports import GateCredentials
 
 log = logging.getLogger("scanner_auth.scan_ingest.gate")
 
 APPLICATION_NAME = "scan-ingest-gate"  # how operators (and tests) spot the listening connection
-_COLUMNS = "credential_digest, credential_id, scanner_id, org_id, state, valid_until"
-_ALL = f"SELECT {_COLUMNS} FROM gate_credentials"
-_SCANNERS = f"SELECT {_COLUMNS} FROM gate_credentials WHERE scanner_id = ANY($1::text[])"
+NOTIFY_CHANNEL = "scan_ingest_gate"
+# A notification's payload is a scanner id; PostgreSQL limits payloads to 8000 bytes, so a
+# longer id (or an empty payload) asks for a full reload instead.
+FULL_RELOAD = "*"
+_MAX_PAYLOAD_BYTES = 7900
+
+
+def notification_for(scanner_id: str) -> str:
+    """The payload the writer sends when `scanner_id`'s credentials changed."""
+    return scanner_id if len(scanner_id.encode()) <= _MAX_PAYLOAD_BYTES else FULL_RELOAD
+
+
+class Changes:
+    """What the notifications asked for since the last load (pure: no I/O, no clock)."""
+
+    def __init__(self) -> None:
+        self.scanners: set[str] = set()
+        self.everything = False
+
+    def note(self, payload: str) -> None:
+        if payload == FULL_RELOAD or not payload:
+            self.everything = True
+        else:
+            self.scanners.add(payload)
+
+    def clear(self) -> None:
+        self.scanners.clear()
+        self.everything = False
+
+    def take(self, *, resync_due: bool) -> tuple[bool, list[str]]:
+        """(load everything?, else the scanners to reload, sorted), and forget them."""
+        everything = self.everything or resync_due
+        scanners = [] if everything else sorted(self.scanners)
+        self.clear()
+        return everything, scanners
+
+
+class Idle(Protocol):
+    """What a session needs of its listener (`scanner_auth_shared.listen.Listener`)."""
+
+    async def idle(self, seconds: float) -> bool: ...
 
 
 class GateSync:
     def __init__(
         self,
-        dsn: str,
         gate: CredentialGate,
+        credentials: Callable[[Connection], GateCredentials],
         *,
         resync_seconds: float = 60.0,
-        keepalive_seconds: float = 5.0,
         chunk_rows: int = 20_000,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.dsn = dsn
         self.gate = gate
+        self.credentials = credentials  # the repository on the listening connection
         self.resync_seconds = resync_seconds
-        self.keepalive_seconds = keepalive_seconds
         self.chunk_rows = chunk_rows
-        self.connected = False
+        self.clock = clock
+        self.changes = Changes()
+        self.following = False  # a full load completed on the current connection
         self.full_loads = 0
-        self._pending: set[str] = set()
-        self._full_requested = False
-        self._wake = asyncio.Event()
 
     @property
     def ready(self) -> bool:
-        return self.connected and self.gate.loaded
+        return self.following and self.gate.loaded
 
-    async def readiness(self) -> bool:
-        return self.ready
+    def note(self, payload: str) -> None:
+        """The listener's callback for NOTIFY_CHANNEL."""
+        self.changes.note(payload)
 
-    async def run(self) -> None:
-        backoff = 0.2
-        while True:
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await asyncpg.connect(
-                    self.dsn, timeout=10, server_settings={"application_name": APPLICATION_NAME}
-                )
-                conn.add_termination_listener(self._on_lost)
-                await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
-                self._pending.clear()
-                self._full_requested = False
-                await self._full_load(conn)
-                self._set_connected(True)
-                log.info("gate listening", extra={"credentials": len(self.gate)})
-                backoff = 0.2
-                await self._follow(conn)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning(
-                    "gate listener interrupted; reconnecting",
-                    extra={"error": type(exc).__name__, "detail": str(exc)[:300]},
-                )
-            finally:
-                self._set_connected(False)
-                if conn is not None and not conn.is_closed():
-                    conn.terminate()
-            await asyncio.sleep(backoff * (1 + random.random() / 2))
-            backoff = min(backoff * 2, 5.0)
+    async def session(self, listener: Idle, conn: Connection) -> None:
+        """Load everything, then follow the notifications, until the connection is lost."""
+        credentials = self.credentials(conn)
+        self.changes.clear()  # the load below covers everything notified so far
+        await self.load_everything(credentials)
+        self._following(True)
+        log.info("gate listening", extra={"credentials": len(self.gate)})
+        try:
+            resync_at = self.clock() + self.resync_seconds
+            while True:
+                await listener.idle(max(0.0, resync_at - self.clock()))
+                everything, scanners = self.changes.take(resync_due=self.clock() >= resync_at)
+                if everything:
+                    await self.load_everything(credentials)
+                    resync_at = self.clock() + self.resync_seconds
+                elif scanners:
+                    await self.reload(credentials, scanners)
+        finally:
+            self._following(False)
 
-    async def _follow(self, conn: asyncpg.Connection) -> None:
-        next_full = time.monotonic() + self.resync_seconds
-        while True:
-            wait = min(self.keepalive_seconds, max(0.0, next_full - time.monotonic()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), wait)
-            self._wake.clear()
-            if conn.is_closed():
-                raise ConnectionError("the gate's listening connection was closed")
-            if self._full_requested or time.monotonic() >= next_full:
-                self._full_requested = False
-                self._pending.clear()
-                await self._full_load(conn)
-                next_full = time.monotonic() + self.resync_seconds
-            elif self._pending:
-                scanners = sorted(self._pending)
-                self._pending.clear()
-                await self._reload(conn, scanners)
-            else:
-                await conn.fetchval("SELECT 1", timeout=self.keepalive_seconds)
-
-    async def _full_load(self, conn: asyncpg.Connection) -> None:
+    async def load_everything(self, credentials: GateCredentials) -> None:
         started = time.perf_counter()
         builder = GateBuilder()
-        # One snapshot, read in chunks: a million rows never sit in memory as records at once.
-        async with conn.transaction(isolation="repeatable_read", readonly=True):
-            cursor = await conn.cursor(_ALL)
-            while rows := await cursor.fetch(self.chunk_rows):
-                builder.add(rows)
+        await credentials.load_all(builder.add, chunk_rows=self.chunk_rows)
         self.gate.replace_all(builder)
         self.full_loads += 1
         elapsed = time.perf_counter() - started
         metrics.FULL_RELOAD.observe(elapsed)
         metrics.GATE_CREDENTIALS.set(len(self.gate))
         metrics.GATE_LAST_FULL_LOAD.set(time.time())
-        log.info(
-            "gate loaded",
-            extra={"credentials": len(self.gate), "seconds": round(elapsed, 3)},
-        )
+        log.info("gate loaded", extra={"credentials": len(self.gate), "seconds": round(elapsed, 3)})
 
-    async def _reload(self, conn: asyncpg.Connection, scanners: list[str]) -> None:
+    async def reload(self, credentials: GateCredentials, scanners: Sequence[str]) -> None:
         started = time.perf_counter()
-        rows = await conn.fetch(_SCANNERS, scanners)
-        self.gate.upsert(rows)
+        self.gate.upsert(await credentials.of_scanners(scanners))
         metrics.SCANNER_RELOAD.observe(time.perf_counter() - started)
         metrics.GATE_CREDENTIALS.set(len(self.gate))
 
-    def _on_notify(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        if payload == FULL_RELOAD or not payload:
-            self._full_requested = True
-        else:
-            self._pending.add(payload)
-        self._wake.set()
-
-    def _on_lost(self, _conn: Any) -> None:
-        self._set_connected(False)
-        self._wake.set()
-
-    def _set_connected(self, connected: bool) -> None:
-        self.connected = connected
-        metrics.GATE_LISTENER_CONNECTED.set(1 if connected else 0)
+    def _following(self, following: bool) -> None:
+        self.following = following
+        metrics.GATE_LISTENER_CONNECTED.set(1 if following else 0)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -25,24 +25,12 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-if TYPE_CHECKING:  # settings.py imports host_origins from here
-    from ..settings import Settings
+from ..settings import Settings, host_origins
+
+__all__ = ["content_security_policy", "host_origins", "mount", "ui_app"]
 
 STATIC = Path(__file__).parent / "static"
 PREFIX = "/ui"
-
-
-def host_origins(spec: str) -> list[str]:
-    """`UI_HOST_ORIGINS`: comma-separated origins such as `https://my.myscanner.com`."""
-    origins = []
-    for item in spec.split(","):
-        origin = item.strip().rstrip("/")
-        if origin:
-            scheme, _, host = origin.partition("://")
-            if scheme not in ("https", "http") or not host or any(c in host for c in " ;'/*"):
-                raise ValueError(f"has {origin[:100]!r}, not an origin (https://host[:port])")
-            origins.append(origin)
-    return origins
 
 
 def content_security_policy(origins: list[str]) -> str:

@@ -16,8 +16,10 @@ Lookups go through a dict keyed by the digest: bytes hashing uses a per-process 
 (SipHash), so response timing cannot be steered towards a stored digest, and a digest is of a
 credential with 256 random bits, so learning part of one would not help find a credential.
 
-The gate is written by one task (`GateSync`) and read by the request handlers of the same event
-loop; every update is synchronous, so a reader never sees half of one.
+The gate is written by one task (`gate_sync.GateSync`) and read by the uploads of the same event
+loop (`handlers.admit`, through the `ports.Gate` port); every update is synchronous, so a reader
+never sees half of one. An adapter: the in-memory side of `gate_credentials`, the one fake of
+itself (unit tests fill it with `upsert`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from .domain import CredentialState, admits
+from ..domain import Admission, CredentialState, admits
 
 _HEADER = struct.Struct("<BdIH")
 _NO_DEADLINE = math.inf
@@ -44,16 +46,6 @@ class GateRow(NamedTuple):
     org_id: str
     state: str  # active | rotating | replaced | revoked
     valid_until: datetime | None
-
-
-class Admission(NamedTuple):
-    """A known credential, decoded for one upload (a tuple: the cheapest object to build)."""
-
-    scanner_id: str
-    org_id: str
-    credential_id: str
-    state: int  # a CredentialState value
-    admitted: bool
 
 
 class _Orgs:
