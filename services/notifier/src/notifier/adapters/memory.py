@@ -19,7 +19,7 @@ from email.utils import getaddresses
 from typing import Any
 
 from scanner_auth_shared.events import utcnow
-from scanner_auth_shared.uow import Inbox, MemoryStore, MemoryUnitOfWork
+from scanner_auth_shared.uow import MemoryStore, MemoryUnitOfWork
 
 from ..domain import (
     SOURCE,
@@ -256,9 +256,6 @@ class MemoryTokenStates:
 
 class MemoryNotifierUnitOfWork(MemoryUnitOfWork):
     store: NotifierStore
-    # The UnitOfWork protocol declares a mutable `inbox: Inbox`, which mypy does not let a
-    # `MemoryInbox` attribute satisfy: widened here (shared/uow.py could declare it so itself).
-    inbox: Inbox  # type: ignore[assignment]
 
     def __init__(self, store: NotifierStore, *, clock: Clock = utcnow) -> None:
         super().__init__(store, source=SOURCE)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from scanner_auth_shared.postgres import Connection, Database, Record
-from scanner_auth_shared.uow import Inbox, PostgresUnitOfWork
+from scanner_auth_shared.uow import PostgresUnitOfWork
 
 from ..domain import (
     SOURCE,
@@ -230,9 +230,6 @@ class PostgresTokenStates:
 
 
 class PostgresNotifierUnitOfWork(PostgresUnitOfWork):
-    # The UnitOfWork protocol declares a mutable `inbox: Inbox`, which mypy does not let a
-    # `PostgresInbox` attribute satisfy: widened here (shared/uow.py could declare it so itself).
-    inbox: Inbox  # type: ignore[assignment]
     notifications: PostgresNotifications
     tokens: PostgresTokenStates
 
