@@ -10,10 +10,11 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic, RecordsToDelete
 
 from notifier.adapters.kafka import KafkaReadBarrier
 from notifier.adapters.memory import MemoryReadBarrier
@@ -156,3 +157,37 @@ async def test_a_broker_that_cannot_be_reached_never_lets_a_wait_through() -> No
         assert not await barrier.wait_caught_up("scanner-1", 2.0)
     finally:
         await barrier.close()
+
+
+@pytest.mark.integration
+async def test_records_deleted_before_the_group_read_them_are_not_waited_for(kafka: Any) -> None:
+    """Retention (here DeleteRecords) removed records the group never committed past, and
+    nothing came after them: the idle group will never commit again, yet no record it could
+    still apply is missing. Caught up: the group stands at the log start offset."""
+    name, group = f"test-barrier-{uuid.uuid4().hex[:8]}", f"test-group-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+    await admin.start()
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap, acks="all")
+    member = AIOKafkaConsumer(
+        bootstrap_servers=kafka.bootstrap, group_id=group, enable_auto_commit=False
+    )
+    barrier = KafkaReadBarrier(
+        topic=name, group_id=group, client_options={"bootstrap_servers": kafka.bootstrap}
+    )
+    await producer.start()
+    await member.start()
+    try:
+        await admin.create_topics([NewTopic(name, num_partitions=1, replication_factor=1)])
+        for _ in range(3):
+            await producer.send_and_wait(name, b"{}", key=b"scanner-1")
+        partition = TopicPartition(name, 0)
+        member.assign([partition])
+        await member.commit({partition: 1})  # the group read one of the three
+        assert not await barrier.wait_caught_up("scanner-1", NOT_CAUGHT_UP)
+        await admin.delete_records({partition: RecordsToDelete(3)}, timeout_ms=10_000)
+        assert await barrier.wait_caught_up("scanner-1", CAUGHT_UP)
+    finally:
+        await barrier.close()
+        await member.stop()
+        await producer.stop()
+        await admin.close()

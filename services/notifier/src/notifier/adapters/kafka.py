@@ -9,8 +9,10 @@ topic: the one Kafka's default partitioner (murmur2) gives its key. `wait_caught
 2. waits until the group's committed offset for that partition has reached it. The consumer
    commits an offset only after the unit of work that applied the records below it committed
    (`scanner_auth_shared.consumer`), so by then each of those events is in `token_states`.
-   A partition the group has never committed reads as its log start offset (where the
-   group would begin): caught up only when the partition holds no record at all.
+   Where the group's committed offset is missing (never committed, or expired) or below the
+   partition's log start offset (retention deleted records it never read), it stands at the log
+   start offset: where it resumes, and no record below it can ever be applied any more. An
+   idle group in that state commits nothing, so waiting for its commit would wait for ever.
 
 Concurrent waits share their requests: one ListOffsets for every wait that began since the
 last one, and one OffsetFetch per poll for every partition still waited on; the partition
@@ -168,20 +170,21 @@ class KafkaReadBarrier:
         whose target they reach is caught up."""
         if not self._waiting:
             return
-        positions = await self._positions(
-            {w.partition for w in self._waiting if w.partition is not None}
-        )
+        positions = await self._positions(self._waiting)
         for wait in self._waiting:
             if _reached(wait, positions) and not wait.done.done():
                 wait.done.set_result(True)
         self._live()
 
-    async def _positions(self, partitions: set[int]) -> dict[int, int]:
-        """Where the group stands in each partition: its committed offset, or the log start
-        offset where it has committed none (where it would begin, auto_offset_reset earliest)."""
+    async def _positions(self, waits: list[_Wait]) -> dict[int, int]:
+        """Where the group stands in each partition waited on: its committed offset, raised to
+        the partition's log start offset (where it resumes, auto_offset_reset earliest) when it
+        has none or is below it. The log start is asked for only where the committed offset does
+        not reach the target already: in a round that is still waiting."""
         assert self._admin is not None and self._offsets is not None
         if self._coordinator is None:
             self._coordinator = await self._admin.find_coordinator(self.group_id)
+        partitions = {w.partition for w in waits if w.partition is not None}
         tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
         committed = await self._admin.list_consumer_group_offsets(
             self.group_id, group_coordinator_id=self._coordinator, partitions=tps
@@ -191,10 +194,17 @@ class KafkaReadBarrier:
             for tp, meta in committed.items()
             if tp.topic == self.topic and meta.offset >= 0
         }
-        never = [tp for tp in tps if tp.partition not in positions]
-        if never:
-            starts = await self._offsets.beginning_offsets(never)
-            positions.update({tp.partition: offset for tp, offset in starts.items()})
+        behind = sorted(
+            {
+                TopicPartition(self.topic, w.partition)
+                for w in waits
+                if w.partition is not None and not _reached(w, positions)
+            }
+        )
+        if behind:
+            starts = await self._offsets.beginning_offsets(behind)
+            for tp, start in starts.items():
+                positions[tp.partition] = max(positions.get(tp.partition, -1), start)
         return positions
 
     async def _topic_partitions(self) -> list[int]:
