@@ -9,6 +9,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 import asyncpg
@@ -16,7 +17,13 @@ import pytest
 from prometheus_client import REGISTRY
 
 from notifier.app import build
-from scanner_auth_shared.events import NOTIFICATIONS_TOPIC, CloudEvent, EventData
+from scanner_auth_shared.events import (
+    NOTIFICATIONS_TOPIC,
+    CloudEvent,
+    CredentialRotated,
+    EventData,
+    utcnow,
+)
 from scanner_auth_shared.postgres import asyncpg_dsn
 from scanner_auth_shared.testing.kafka import events_on
 
@@ -200,3 +207,30 @@ async def test_a_rebalance_while_emails_wait_for_their_turn(world: World) -> Non
     for how in ("redeemed", "expired"):
         assert world.sink.to(f"dead-{how}@example.test") == []
         assert len(world.sink.to(f"live-{how}@example.test")) == 1
+
+
+async def test_a_partition_ending_in_events_the_notifier_ignores_is_caught_up(
+    world: World,
+) -> None:
+    """The scanner's partition ends in an event no handler of the token-state consumer applies
+    (CredentialRotated): the consumer commits past it all the same, so the barrier is reached
+    and an active code's email goes out, rather than waiting for ever."""
+    token_id = _token()
+    runtime = build(world.settings(**BARRIER))
+    async with runtime.running():
+        await world.publish(issued(token_id))
+        await until(lambda: _states(world, (token_id, "active")), what="the token known")
+        rotated = CredentialRotated(
+            scanner_id="scanner-1",
+            org_id="org-1",
+            credential_id="cred-2",
+            credential_digest="2" * 64,
+            previous_credential_id="cred-1",
+            previous_valid_until=utcnow() + timedelta(minutes=5),
+            rotated_at=utcnow(),
+        )
+        await world.publish(rotated)  # a batch of its own: the token was known before
+        request, _ = world.request(recipient="max@example.test", token_id=token_id)
+        await world.publish(request)
+        await _sent(world, request.notification_id)
+    assert len(world.sink.to("max@example.test")) == 1
