@@ -181,11 +181,6 @@ async def test_a_forged_token_issued_moves_no_code_onto_another_scanner(rig: Rig
     assert (await rig.redeem(mine["code"], own.serial_number)).status_code == 201
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the notifier still consumes through the legacy messaging.subscribe_events, which "
-    "checks no signature (until its move to the shared consumer lands)",
-)
 async def test_a_replayed_token_email_request_mails_nobody_else(rig: Rig) -> None:
     """Issue 18.3: a genuine email request, replayed with a new id, a new notification id and
     the attacker's address, would mail them the code and the serial number; replayed as it was,
