@@ -27,6 +27,7 @@ from typing import Any
 
 import asyncpg
 
+from scanner_auth_shared.consumer import Consumer, subscribe
 from scanner_auth_shared.db import asyncpg_dsn
 from scanner_auth_shared.events import (
     PUBLIC_TOPIC,
@@ -37,10 +38,11 @@ from scanner_auth_shared.events import (
 )
 from scanner_auth_shared.infra import EmbeddedPostgres, remove_tree
 from scanner_auth_shared.kafka_broker import ApacheKafka
-from scanner_auth_shared.messaging import FETCH_MAX_WAIT_MS, create_broker, subscribe_events
+from scanner_auth_shared.messaging import create_broker
 from scanner_auth_shared.outbox import MESSAGING_DDL
 from scanner_auth_shared.runtime import ServiceRuntime
 from scanner_auth_shared.settings import DatabaseSettings
+from scanner_auth_shared.uow import MemoryStore, MemoryUnitOfWork
 
 FAST: dict[str, Any] = {
     "kafka_session_timeout_ms": 3000,
@@ -98,18 +100,21 @@ async def probe(
     )
     received: dict[str, float] = {}
 
-    async def handler(event: CloudEvent, _data: EventData) -> None:
+    async def handler(_uow: MemoryUnitOfWork, event: CloudEvent, _data: EventData) -> None:
         received[event.id] = time.perf_counter()
 
-    subscribe_events(
+    store = MemoryStore()
+    subscribe(
         consumer.broker,
         settings,
-        topic=PUBLIC_TOPIC,
-        consumer="probe",
-        group_id=f"probe-{uuid.uuid4().hex[:6]}",
-        handler=handler,
-        types={"ScannerDeauthorised"},
-        fetch_max_wait_ms=fetch_max_wait_ms,
+        Consumer(
+            name=f"probe-{uuid.uuid4().hex[:6]}",
+            topic=PUBLIC_TOPIC,
+            handlers={ScannerDeauthorised: handler},
+            description="the hop probe: when each event reached a consumer",
+            wait_ms=fetch_max_wait_ms,
+        ),
+        lambda: MemoryUnitOfWork(store, source="scanner-auth/probe"),
     )
 
     def event() -> CloudEvent:
@@ -176,7 +181,7 @@ async def probe(
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--samples", type=int, default=40)
-    p.add_argument("--fetch-max-wait-ms", type=int, default=FETCH_MAX_WAIT_MS)
+    p.add_argument("--fetch-max-wait-ms", type=int, default=100)  # Consumer.wait_ms's default
     args = p.parse_args()
     root = Path(tempfile.mkdtemp(prefix="hop-probe-"))
     pg = EmbeddedPostgres(root / "pg").start()

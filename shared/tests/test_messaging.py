@@ -12,24 +12,24 @@ import pytest
 from aiokafka.errors import UnknownError
 
 from scanner_auth_shared import metrics
-from scanner_auth_shared.events import PUBLIC_TOPIC, CloudEvent, EventData
+from scanner_auth_shared.consumer import Consumer, subscribe
+from scanner_auth_shared.events import PUBLIC_TOPIC, CloudEvent, EventData, ScannerDeauthorised
 from scanner_auth_shared.infra import TansuBroker
 from scanner_auth_shared.messaging import (
-    FETCH_MAX_WAIT_MS,
     aiokafka_producer,
     create_broker,
     producer_options,
     start_broker,
-    subscribe_events,
 )
 from scanner_auth_shared.settings import ServiceSettings
 from scanner_auth_shared.testing.kafka import read_topic
 from scanner_auth_shared.testing.plugin import FAST_CONSUMERS
+from scanner_auth_shared.uow import MemoryStore, MemoryUnitOfWork
 
 pytestmark = pytest.mark.integration
 
 
-async def _ignore(_event: CloudEvent, _data: EventData) -> None:
+async def _ignore(uow: MemoryUnitOfWork, event: CloudEvent, data: EventData) -> None:
     return None
 
 
@@ -37,18 +37,23 @@ async def test_a_service_overrides_producer_defaults_and_subscribers_fetch_wait(
     settings = ServiceSettings(kafka_bootstrap_servers=kafka.bootstrap, **FAST_CONSUMERS)
     # Before: `linger_ms` passed by a service collided with create_broker's own (TypeError).
     broker = create_broker(settings, "t", linger_ms=0, max_batch_size=256 * 1024)
-    shared = subscribe_events(
-        broker, settings, topic=PUBLIC_TOPIC, consumer="a", group_id="t.a", handler=_ignore
-    )
-    quick = subscribe_events(
-        broker,
-        settings,
-        topic=PUBLIC_TOPIC,
-        consumer="b",
-        group_id="t.b",
-        handler=_ignore,
-        fetch_max_wait_ms=20,
-    )
+    store = MemoryStore()
+
+    def consumer(name: str, **wait: int) -> Any:
+        return subscribe(
+            broker,
+            settings,
+            Consumer(
+                name=name,
+                topic=PUBLIC_TOPIC,
+                handlers={ScannerDeauthorised: _ignore},
+                description=name,
+                **wait,
+            ),
+            lambda: MemoryUnitOfWork(store, source="t"),
+        )
+
+    shared, quick = consumer("t.a"), consumer("t.b", wait_ms=20)
     await start_broker(broker)
     try:
         producer = aiokafka_producer(broker)
@@ -56,9 +61,8 @@ async def test_a_service_overrides_producer_defaults_and_subscribers_fetch_wait(
         accumulator = producer._message_accumulator
         assert accumulator._linger_time == 0
         assert accumulator._batch_size == 256 * 1024
-        # Not aiokafka's 500 ms default: on Tansu an event hop waits up to this long.
-        assert FETCH_MAX_WAIT_MS < 500
-        assert shared.consumer._fetch_max_wait_ms == FETCH_MAX_WAIT_MS
+        # Not aiokafka's 500 ms default: an idle consumer's hop waits up to about twice this.
+        assert shared.consumer._fetch_max_wait_ms == 100
         assert quick.consumer._fetch_max_wait_ms == 20
     finally:
         await asyncio.wait_for(broker.stop(), 10)

@@ -2,7 +2,7 @@
 
 - `asyncapi.yaml`: every topic, consumed and published, with the CloudEvents envelope and the
   data schema of every event type (AsyncAPI 3.0, by faststream from the four services' brokers:
-  their subscribers as `subscribe_events` registers them, plus documentation-only publishers
+  their subscribers as `consumer.subscribe` registers them, plus documentation-only publishers
   for what each service declares in `PUBLISHES` and for the dead-letter topics);
 - `openapi/token-issuer.json`, `openapi/redeemer.json` (FastAPI's own documents) and
   `openapi/scan-ingest.json` (plain Starlette: its routes, described here and checked against
@@ -126,10 +126,11 @@ ASYNCAPI_DESCRIPTION = "\n\n".join(
     )
 )
 
-# What a dead-lettered message carries besides its original bytes (messaging.DeadLetters).
+# What a dead-lettered message carries besides its original bytes (consumer.ConsumerRunner).
 DLQ_HEADERS: dict[str, str] = {
     "x-dlq-consumer": "The consumer that gave up on the message.",
     "x-dlq-reason": "`unparseable` (not a CloudEvent, or data that does not fit its type), "
+    "`unverified` (its signature does not prove its producer: EVENT_TRUSTED_KEYS), "
     "`rejected` (the consumer can never apply it) or `failed` (it kept failing).",
     "x-dlq-error": "What went wrong (secrets redacted, at most 1000 characters).",
     "x-dlq-failed-at": "When it was parked (ISO 8601).",

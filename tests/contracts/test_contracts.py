@@ -26,6 +26,7 @@ from starlette.routing import Route
 from scanner_auth import contracts
 from scanner_auth.cli import main as cli
 from scanner_auth.services import SERVICES
+from scanner_auth_shared.consumer import Consumer, ConsumerRunner, subscribe
 from scanner_auth_shared.events import (
     ALL_TOPICS,
     DIRECTORY_TOPIC,
@@ -34,7 +35,8 @@ from scanner_auth_shared.events import (
     EventData,
     dlq_topic,
 )
-from scanner_auth_shared.messaging import DeadLetters, documented_body, subscribe_events
+from scanner_auth_shared.messaging import documented_body
+from scanner_auth_shared.uow import MemoryStore, MemoryUnitOfWork
 
 REPO = Path(__file__).resolve().parents[2]
 CONTRACTS = REPO / "contracts"
@@ -262,9 +264,18 @@ def test_dead_letters_document_the_headers_the_consumers_send(asyncapi: dict[str
         async def publish(self, body: bytes, topic: str, **kwargs: Any) -> None:
             sent.update(kwargs, topic=topic)
 
-    record = SimpleNamespace(topic=DIRECTORY_TOPIC, partition=0, offset=7, key=b"sc-1")
-    message = SimpleNamespace(raw_message=record, body=b"not json")
-    asyncio.run(DeadLetters(Broker(), "c").park(message, "unparseable", "boom", 1))  # type: ignore[arg-type]
+    record = SimpleNamespace(
+        topic=DIRECTORY_TOPIC, partition=0, offset=7, key=b"sc-1", value=b"not json"
+    )
+    consumer = Consumer(name="c", topic=DIRECTORY_TOPIC, handlers={}, description="c")
+    store = MemoryStore()
+    runner = ConsumerRunner(
+        consumer,
+        lambda: MemoryUnitOfWork(store, source="t"),
+        Broker(),  # type: ignore[arg-type]
+        max_attempts=1,
+    )
+    asyncio.run(runner.dead_letter(record, "unparseable", "boom", attempts=1))
     assert sent["topic"] == dlq_topic(DIRECTORY_TOPIC)
 
     components = asyncapi["components"]
@@ -288,26 +299,29 @@ def _envelope_schemas(broker: KafkaBroker) -> dict[str, Any]:
 
 @pytest.mark.unit
 def test_consumers_and_producers_document_the_same_schema_for_each_type() -> None:
-    """A consumer (subscribe_events) and a documented publisher (`scanner-auth contracts`) render
-    the envelopes through faststream's two paths: both must give every type the same schema, one
-    type alone as well as many."""
+    """A consumer (`consumer.subscribe`) and a documented publisher (`scanner-auth contracts`)
+    render the envelopes through faststream's two paths: both must give every type the same
+    schema, one type alone as well as many."""
     settings: Any = contracts.document_settings(SERVICES["notifier"])
     consumed, produced = KafkaBroker("kafka:9092"), KafkaBroker("kafka:9092")
 
-    async def nothing(event: CloudEvent, data: EventData) -> None:
+    async def nothing(uow: MemoryUnitOfWork, event: CloudEvent, data: EventData) -> None:
         return None
 
+    store = MemoryStore()
     for topic in ALL_TOPICS:
         models = [m for m in EVENT_TYPES.values() if m.topic == topic]
         for i, group in enumerate([models, *([m] for m in models)]):
-            subscribe_events(
+            subscribe(
                 consumed,
                 settings,
-                topic=topic,
-                consumer=f"c{i}",
-                group_id=f"g{i}",
-                handler=nothing,
-                types={m.event_type for m in group},
+                Consumer(
+                    name=f"c{i}",
+                    topic=topic,
+                    handlers={m: nothing for m in group},
+                    description=f"c{i}",
+                ),
+                lambda: MemoryUnitOfWork(store, source="t"),
             )
             produced.publisher(topic, title=f"p{i}:{topic}", schema=documented_body(group))
     from_consumers, from_producers = _envelope_schemas(consumed), _envelope_schemas(produced)

@@ -1,17 +1,7 @@
-"""Kafka through faststream: the broker, and subscribers that never crash and never lose.
-
-`subscribe_events` registers one subscriber per concern. Each message is:
-1. parsed as a CloudEvent and its data as the contract's model for its type: a message that is
-   not one goes to `<topic>.dlq` at once (its original bytes, headers saying which consumer,
-   why and when); an unknown type is skipped (schemas grow);
-2. handed to the handler, which applies it idempotently (processed-event table, same
-   transaction as the effect);
-3. on failure: infrastructure errors (database or broker unreachable) are retried in place
-   without limit, with capped backoff, so an outage delays but never empties a topic; any
-   other error is retried `max_attempts` times, then dead-lettered;
-4. committed (the consumer offset) only after all that. A crash before the commit means a
-   redelivery, which the processed-event table absorbs.
-"""
+"""Kafka through faststream: the broker with production producer settings (idempotence,
+acks=all, SASL/TLS), the aiokafka producer the relay and scan-ingest send record batches with,
+its renewal, the partitioner, and the documented body of a subscriber. Consumers are
+`consumer.py`'s."""
 
 from __future__ import annotations
 
@@ -21,36 +11,23 @@ import functools
 import inspect
 import logging
 import operator
-import random
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from aiokafka.partitioner import murmur2
-from faststream.kafka import KafkaBroker, KafkaMessage
-from faststream.middlewares import AckPolicy
+from faststream.kafka import KafkaBroker
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
-from pydantic import Field, PlainValidator, ValidationError, create_model
+from pydantic import Field, PlainValidator, create_model
 
 from . import metrics
-from .db import is_infrastructure_error
-from .events import EVENT_TYPES, CloudEvent, EventData, PoisonMessage, dlq_topic, parse_data
-from .logs import redact
+from .events import CloudEvent, EventData
 from .settings import ConfigurationError, ServiceSettings
 
 log = logging.getLogger("scanner_auth.messaging")
 
 Handler = Callable[[CloudEvent, EventData], Awaitable[None]]
 Idempotence = Literal["auto", "required", "off"]
-
-# How long a subscriber's fetch waits on the broker for records to arrive (aiokafka's default:
-# 500 ms). Kafka answers a parked fetch as soon as records arrive; Tansu (dev, tests, bench)
-# only when the wait ends, so there an event hop costs up to this long. Lower means more empty
-# fetches while idle: measured per idle subscriber, 18 ms CPU/s in the service and 36 in Tansu
-# at 50 ms, about half that at 100 (bench/README.md, "Hops").
-FETCH_MAX_WAIT_MS = 100
 
 
 def kafka_security(settings: ServiceSettings) -> BaseSecurity | None:
@@ -283,135 +260,3 @@ async def start_broker(broker: KafkaBroker, idempotence: Idempotence = "required
     for pub in broker.publishers:
         await pub.start()
     broker.running = True
-
-
-async def _passthrough(msg: Any) -> Any:
-    """Keep the body as bytes: parsing is ours, so that a bad message is ours to dead-letter."""
-    return msg.body
-
-
-@dataclass
-class DeadLetters:
-    broker: KafkaBroker
-    consumer: str
-
-    async def park(self, msg: KafkaMessage, reason: str, error: str, attempts: int) -> None:
-        record = msg.raw_message
-        topic = getattr(record, "topic", "unknown")
-        headers = {
-            "x-dlq-consumer": self.consumer,
-            "x-dlq-reason": reason,
-            "x-dlq-error": redact(error)[:1000],
-            "x-dlq-failed-at": datetime.now(UTC).isoformat(),
-            "x-dlq-attempts": str(attempts),
-            "x-dlq-original-topic": topic,
-            "x-dlq-original-partition": str(getattr(record, "partition", "")),
-            "x-dlq-original-offset": str(getattr(record, "offset", "")),
-        }
-        # Awaited: the offset is committed only once the DLQ holds the message.
-        await self.broker.publish(
-            msg.body, dlq_topic(topic), key=getattr(record, "key", None), headers=headers
-        )
-        metrics.EVENTS_CONSUMED.labels(self.consumer, "dead_lettered").inc()
-        log.warning(
-            "message dead-lettered",
-            extra={
-                "consumer": self.consumer,
-                "reason": reason,
-                "error": redact(error)[:300],
-                "topic": topic,
-                "offset": headers["x-dlq-original-offset"],
-            },
-        )
-
-
-def subscribe_events(
-    broker: KafkaBroker,
-    settings: ServiceSettings,
-    *,
-    topic: str,
-    consumer: str,
-    group_id: str,
-    handler: Handler,
-    types: set[str] | None = None,
-    description: str = "",
-    fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS,
-) -> Any:
-    """Register `handler` for the events of `topic` (optionally only `types`).
-
-    `fetch_max_wait_ms`: see FETCH_MAX_WAIT_MS; lower for a consumer whose hop has a latency
-    target (scan-ingest's gate writer)."""
-    dead_letters = DeadLetters(broker, consumer)
-
-    async def on_message(body: bytes, msg: KafkaMessage) -> None:
-        try:
-            event = CloudEvent.from_bytes(body)
-            if types is not None and event.type not in types:
-                metrics.EVENTS_CONSUMED.labels(consumer, "ignored").inc()
-                return
-            data = parse_data(event)
-        except (PoisonMessage, ValidationError, ValueError) as exc:
-            await dead_letters.park(msg, "unparseable", str(exc), attempts=1)
-            return
-        if data is None:
-            metrics.EVENTS_CONSUMED.labels(consumer, "ignored").inc()
-            return
-
-        attempt, backoff = 0, 0.2
-        while True:
-            attempt += 1
-            try:
-                await handler(event, data)
-                metrics.EVENTS_CONSUMED.labels(consumer, "applied").inc()
-                return
-            except asyncio.CancelledError:
-                raise
-            except PoisonMessage as exc:
-                await dead_letters.park(msg, "rejected", str(exc), attempts=attempt)
-                return
-            except Exception as exc:
-                infrastructure = is_infrastructure_error(exc)
-                if not infrastructure and attempt >= settings.consumer_max_attempts:
-                    log.exception("consumer gave up on a message", extra={"consumer": consumer})
-                    await dead_letters.park(
-                        msg, "failed", f"{type(exc).__name__}: {exc}", attempts=attempt
-                    )
-                    return
-                metrics.CONSUMER_RETRIES.labels(consumer).inc()
-                log.warning(
-                    "consumer retrying",
-                    extra={
-                        "consumer": consumer,
-                        "attempt": attempt,
-                        "error": type(exc).__name__,
-                        "infrastructure": infrastructure,
-                    },
-                )
-                await asyncio.sleep(backoff * (1 + random.random() / 2))
-                backoff = min(backoff * 2, 30.0 if infrastructure else 5.0)
-
-    # For the AsyncAPI document (`scanner-auth contracts`): what this consumer reads. The body
-    # itself stays raw bytes, since parsing is ours (poison is ours to dead-letter).
-    on_message.__annotations__["body"] = documented_body(
-        [
-            model
-            for name, model in EVENT_TYPES.items()
-            if (name in types if types is not None else model.topic == topic)
-        ]
-    )
-
-    subscriber = broker.subscriber(
-        topic,
-        group_id=group_id,
-        auto_offset_reset="earliest",
-        ack_policy=AckPolicy.NACK_ON_ERROR,
-        decoder=_passthrough,
-        session_timeout_ms=settings.kafka_session_timeout_ms,
-        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
-        max_poll_interval_ms=300_000,
-        fetch_max_wait_ms=fetch_max_wait_ms,
-        title=f"{consumer}:{topic}",
-        description=description or f"{consumer} consumes {topic}",
-    )
-    subscriber(on_message)
-    return subscriber

@@ -1,7 +1,7 @@
 """Transactional outbox, its relay, and the processed-event table of idempotent consumers.
 
-- `enqueue` writes an event in the caller's transaction: it is published if and only if that
-  transaction commits.
+- `uow.emit` (the unit of work, `uow.py`) writes an event in the unit's transaction: it is
+  published if and only if that transaction commits.
 - `OutboxRelay` publishes committed rows to Kafka, at least once, in id order. One relay per
   service is active at a time (a PostgreSQL advisory lock held by its connection); the others
   wait as hot standbys. It wakes on commit (LISTEN/NOTIFY, fired by a trigger) and also polls.
@@ -10,8 +10,9 @@
 - Per-key order: outbox ids follow commit order for one key as long as every transaction that
   writes events for a key first locks that key's row (each service's handlers do), so the
   relay's id order is commit order per key.
-- `first_time` records (consumer, event id) in the caller's transaction: a redelivered event
-  finds its row and has no second effect.
+- The inbox (`uow.inbox.claim`, called by the shared consumer) records (consumer, event id) in
+  the handler's transaction: a redelivered event finds its row and has no second effect.
+  `purge_processed_events` forgets rows once their events can no longer come back.
 """
 
 from __future__ import annotations
@@ -23,12 +24,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import text
-from sqlmodel.ext.asyncio.session import AsyncSession
-
 from . import metrics
-from .db import run_sql
-from .events import CloudEvent
 from .listen import Listener
 from .messaging import default_partition, kafka_headers, record_headers
 from .outages import is_infrastructure_error
@@ -117,39 +113,6 @@ async def purge_processed_events(
         metrics.PROCESSED_EVENTS_PURGED.inc(count)
         if count < batch:
             return removed
-
-
-_INSERT = text(
-    "INSERT INTO outbox (event_id, event_type, topic, key, payload) "
-    "VALUES (:event_id, :event_type, :topic, :key, :payload)"
-)
-_CLAIM = text(
-    "INSERT INTO processed_events (consumer, event_id) VALUES (:consumer, :event_id) "
-    "ON CONFLICT DO NOTHING RETURNING 1"
-)
-
-
-async def enqueue(
-    session: AsyncSession, event: CloudEvent, *, topic: str, key: str | None = None
-) -> None:
-    """Write `event` to the outbox inside the session's current transaction."""
-    await run_sql(
-        session,
-        _INSERT,
-        {
-            "event_id": event.id,
-            "event_type": event.type,
-            "topic": topic,
-            "key": key if key is not None else event.subject,
-            "payload": event.to_bytes(),
-        },
-    )
-
-
-async def first_time(session: AsyncSession, consumer: str, event_id: str) -> bool:
-    """True the first time `consumer` sees `event_id` (recorded in the current transaction)."""
-    result = await run_sql(session, _CLAIM, {"consumer": consumer, "event_id": event_id})
-    return result.first() is not None
 
 
 # (topic, key, payload, headers) -> a future that resolves when the broker acknowledged

@@ -24,7 +24,6 @@ from typing import Any
 from faststream.kafka import KafkaBroker
 from starlette.types import ASGIApp
 
-from . import db as legacy_db
 from .messaging import aiokafka_producer, renew_producer, start_broker
 from .migrations import upgrade
 from .outbox import OutboxRelay, purge_processed_events
@@ -44,7 +43,7 @@ class ServiceRuntime:
     name: str
     settings: ServiceSettings
     broker: KafkaBroker
-    database: Database | legacy_db.Database | None = None
+    database: Database | None = None
     migrations: Path | None = None
     relay: OutboxRelay | None = None
     background: dict[str, BackgroundTask] = field(default_factory=dict)
@@ -56,16 +55,6 @@ class ServiceRuntime:
     started: bool = False
 
     # -------------------------------------------------------------------- wiring helpers
-
-    def use_database(self, migrations: Path) -> legacy_db.Database:
-        """The SQLAlchemy session database (services not yet moved to `use_postgres`)."""
-        assert isinstance(self.settings, DatabaseSettings)
-        database = legacy_db.Database(
-            self.settings.database_url, pool_size=self.settings.database_pool_size
-        )
-        self.database = database
-        self.migrations = migrations
-        return database
 
     def use_postgres(self, migrations: Path) -> Database:
         """The service's database (an asyncpg pool), migrated at start unless
