@@ -255,9 +255,10 @@ class CredentialRotated(EventData):
 
 
 class CredentialsRevoked(EventData):
-    """The redeemer revoked credentials of a scanner: they stop working everywhere. Decided by
-    the redeemer's own order, not by any clock: it names every credential of the scanner it had
-    issued, still live, when it applied the cause (a ScannerDeauthorised)."""
+    """The redeemer revoked a scanner's credentials, by id: they stop working everywhere."""
+
+    # Decided by the redeemer's own order, not by any clock: it names every credential of the
+    # scanner it had issued, still live, when it applied the cause (a ScannerDeauthorised).
 
     topic: ClassVar[str] = PUBLIC_TOPIC
     producer: ClassVar[str] = "redeemer"
