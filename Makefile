@@ -66,7 +66,7 @@ run: install
 
 lint: install
 	$(UV) run --frozen ruff check .
-	$(UV) run --frozen ruff format --check shared/src src
+	$(UV) run --frozen ruff format --check .
 
 typecheck: install
 	$(UV) run --frozen mypy shared/src src services/*/src

@@ -1,105 +1,127 @@
-"""The sender's scheduling, with a fake of our own use cases: deliveries run side by side
-(bounded), so one slow or failing recipient never holds up the others."""
+"""The sender's loop on the in-memory fakes: deliveries run side by side (bounded), so one slow
+recipient or one email waiting for its turn never holds up the others; its own claims are never
+reaped; stopping gives back what waits and lets what is being sent finish."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import replace
 
 import pytest
 
-from notifier.adapters.repository import Claimed
+from notifier.adapters.memory import MemoryWakeups
+from notifier.domain import Status
 from notifier.sender import Sender
+
+from .conftest import Rig, issued, until
 
 pytestmark = pytest.mark.unit
 
 
-def _claimed(name: str) -> Claimed:
-    return Claimed(
-        notification_id=name,
-        claim_id=f"claim-{name}",
-        token_id="t",
-        scanner_id="s",
-        recipient_email=f"{name}@example.test",
-        scanner_name="Bay",
-        serial_number="LVS-1",
-        sealed_code="sealed",
-        expires_at=datetime.now(UTC) + timedelta(days=1),
-        attempts=0,
-        token_state=None,
+def _sender(rig: Rig, *, concurrency: int = 2, drain_seconds: float = 1.0) -> Sender:
+    return Sender(
+        rig.delivery,
+        MemoryWakeups(),
+        concurrency=concurrency,
+        poll_seconds=0.01,
+        lease_seconds=60,
+        drain_seconds=drain_seconds,
     )
 
 
-class FakeWork:
-    def __init__(self, names: list[str], slow: set[str]) -> None:
-        self.due = [_claimed(n) for n in names]
-        self.slow = slow
-        self.release = asyncio.Event()
-        self.delivered: list[str] = []
-        self.running = 0
-        self.most_running = 0
-        self.claim_limits: list[int] = []
-        self.reaped_excluding: list[list[str]] = []
-
-    async def reap(self, mine: Sequence[str]) -> int:
-        self.reaped_excluding.append(list(mine))
-        return 0
-
-    async def claim(self, limit: int, lease_seconds: float) -> list[Claimed]:
-        self.claim_limits.append(limit)
-        taken, self.due = self.due[:limit], self.due[limit:]
-        return taken
-
-    async def seconds_to_next_due(self) -> float | None:
-        return 0.0 if self.due else None
-
-    async def deliver(self, claimed: Claimed) -> None:
-        self.running += 1
-        self.most_running = max(self.most_running, self.running)
-        try:
-            if claimed.notification_id in self.slow:
-                await self.release.wait()
-            else:
-                await asyncio.sleep(0.01)
-            self.delivered.append(claimed.notification_id)
-        finally:
-            self.running -= 1
-
-
-async def _until(check, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not check():
-        assert asyncio.get_running_loop().time() < deadline, "not in time"
-        await asyncio.sleep(0.01)
-
-
-async def test_a_slow_recipient_does_not_hold_up_the_others() -> None:
-    work = FakeWork(["slow", "a", "b", "c", "d"], slow={"slow"})
-    sender = Sender(work, None, concurrency=2, poll_seconds=0.05, lease_seconds=60, drain_seconds=1)
+@asynccontextmanager
+async def _running(sender: Sender) -> AsyncIterator[asyncio.Task[None]]:
     task = asyncio.create_task(sender.run())
     try:
-        await _until(lambda: sorted(work.delivered) == ["a", "b", "c", "d"])
-        assert "slow" not in work.delivered  # still in flight, and it blocked no one
-        assert work.most_running == 2  # never more than SENDER_CONCURRENCY at once
-        assert max(work.claim_limits) == 2 and min(work.claim_limits) == 1
-        # The claim under way is never reaped from under this process.
-        assert ["claim-slow"] in work.reaped_excluding
-        work.release.set()
-        await _until(lambda: "slow" in work.delivered)
+        yield task
     finally:
         await sender.stop()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def test_stopping_waits_for_deliveries_under_way_then_gives_up() -> None:
-    work = FakeWork(["slow"], slow={"slow"})
-    sender = Sender(
-        work, None, concurrency=2, poll_seconds=0.05, lease_seconds=60, drain_seconds=0.2
+async def _request(rig: Rig, recipient: str, scanner_id: str = "scanner-1") -> str:
+    request, _ = rig.request(recipient=recipient, scanner_id=scanner_id)
+    await rig.consume(request)
+    return request.notification_id
+
+
+def _delivered(rig: Rig) -> list[str]:
+    return sorted(str(m["To"]) for m in rig.mailer.delivered)
+
+
+async def test_a_slow_recipient_does_not_hold_up_the_others(rig: Rig) -> None:
+    rig.mailer.hold["slow@example.test"] = gate = asyncio.Event()
+    slow = await _request(rig, "slow@example.test")
+    others = [f"{n}@example.test" for n in "abcd"]
+    for address in others:
+        await _request(rig, address)
+    sender = _sender(rig, concurrency=2)
+    async with _running(sender):
+        await until(lambda: _delivered(rig) == others, 5, "the others delivered")
+        assert rig.mailer.most_at_once == 2  # never more than SENDER_CONCURRENCY at once
+        # Its own claim under way is never reaped, however long it takes.
+        rig.clock.advance(3600)
+        await asyncio.sleep(0.05)  # a few passes (poll 0.01 s), each one reaping
+        assert rig.row(slow).status is Status.SENDING and rig.failed() == []
+        gate.set()
+        await until(lambda: rig.row(slow).status is Status.SENT, 5, "the slow one sent")
+    assert len(rig.mailer.delivered) == 5
+
+
+async def test_an_email_waiting_for_its_turn_does_not_hold_up_the_others(rig: Rig) -> None:
+    rig.delivery = replace(
+        rig.delivery, policy=replace(rig.delivery.policy, barrier_timeout_seconds=60)
     )
+    rig.publish(issued("tok-0", scanner_id="scanner-2"))  # scanner-2's token events lag
+    waiting = await _request(rig, "late@example.test", scanner_id="scanner-2")
+    for address in ("a@example.test", "b@example.test"):
+        await _request(rig, address)
+    async with _running(_sender(rig, concurrency=2)):
+        await until(lambda: len(rig.mailer.delivered) == 2, 5, "the others delivered")
+        assert rig.row(waiting).status is Status.SENDING and rig.mailer.to("late") == []
+        await rig.catch_up()
+        await until(lambda: rig.row(waiting).status is Status.SENT, 5, "the late one sent")
+
+
+async def test_stopping_gives_back_what_waits_and_lets_what_is_sent_finish(rig: Rig) -> None:
+    rig.delivery = replace(
+        rig.delivery, policy=replace(rig.delivery.policy, barrier_timeout_seconds=60)
+    )
+    rig.publish(issued("tok-0", scanner_id="scanner-2"))
+    waiting = await _request(rig, "late@example.test", scanner_id="scanner-2")
+    rig.mailer.hold["busy@example.test"] = gate = asyncio.Event()
+    sending = await _request(rig, "busy@example.test")
+    sender = _sender(rig, concurrency=2, drain_seconds=5)
     task = asyncio.create_task(sender.run())
-    await _until(lambda: work.running == 1)
-    await sender.stop()  # bounded by drain_seconds, then the delivery is cancelled
-    assert work.running == 0 and work.delivered == []
+    await until(lambda: len(rig.mailer.attempts) == 1 and rig.barrier.waits, 5, "both busy")
+    stopping = asyncio.create_task(sender.stop())
+    await until(lambda: rig.row(waiting).status is Status.PENDING, 5, "the waiting one back")
+    assert rig.row(waiting).attempts == 0 and rig.failed() == []
+    assert not stopping.done()  # still letting the send finish
+    gate.set()
+    await asyncio.wait_for(stopping, 5)
+    assert rig.row(sending).status is Status.SENT
     await asyncio.wait_for(task, 2)  # the loop ends by itself once stopping
+
+
+async def test_stopping_gives_up_on_a_send_that_does_not_finish(rig: Rig) -> None:
+    rig.mailer.hold["stuck@example.test"] = asyncio.Event()  # never set
+    stuck = await _request(rig, "stuck@example.test")
+    sender = _sender(rig, drain_seconds=0.2)
+    task = asyncio.create_task(sender.run())
+    await until(lambda: rig.mailer.attempts, 5, "the send under way")
+    await asyncio.wait_for(sender.stop(), 2)  # bounded by drain_seconds, then cancelled
+    assert rig.row(stuck).status is Status.SENDING  # its lease ends it: outcome unknown
+    assert rig.mailer.delivered == []
+    await asyncio.wait_for(task, 2)
+
+
+async def test_nothing_is_claimed_once_stopping(rig: Rig) -> None:
+    sender = _sender(rig)
+    await sender.stop()
+    notification = await _request(rig, "ada@example.test")
+    await sender.pass_once()
+    assert rig.row(notification).status is Status.PENDING

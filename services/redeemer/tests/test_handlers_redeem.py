@@ -226,6 +226,58 @@ async def test_five_consecutive_failures_lock_the_serial_even_for_the_right_code
     assert (await world.redeem(issued.code, "LVS-0001")).scanner_id == "sc-1"
 
 
+async def test_a_flood_against_a_lock_writes_two_events_per_key_and_period_not_one_each(
+    world: World,
+):
+    """Issue #18: every refusal while locked out wrote an event (an outbox row, a public event);
+    now the first is reported at once and the rest together, at the next report."""
+    await world.register("sc-1", "LVS-0001")
+    issued = await world.issue("sc-1")
+    for _ in range(5):
+        await world.refused(generate_code(), "LVS-0001")
+    written = len(world.rejections())
+    for _ in range(200):
+        assert isinstance(await world.refused(issued.code, "LVS-0001"), RateLimited)
+        world.store.advance(0.01)
+    await world.refused(issued.code, "LVS-0001", "198.51.100.7")  # another address: another key
+    assert [r[0] for r in world.rejections()[written:]] == ["rate_limited", "rate_limited"]
+
+    assert await handlers.report_refusals_while_locked(world.uow(), world.config) == 1
+    [*_, reported] = world.store.data(AuthorisationRejected)
+    assert (reported.reason, reported.serial_number, reported.client_ip) == (
+        "rate_limited", "LVS-0001", CLIENT_IP,
+    )  # fmt: skip
+    assert reported.attempts == 199
+    assert reported.rejected_at == world.store.clock - timedelta(seconds=0.01)
+    # Reported: the next refusal of that key is reported at once again.
+    before = len(world.rejections())
+    await world.refused(issued.code, "LVS-0001")
+    assert len(world.rejections()) == before + 1
+    assert await handlers.report_refusals_while_locked(world.uow(), world.config) == 0
+
+
+async def test_a_failed_report_keeps_its_counts_for_the_next(world: World):
+    await world.register("sc-1", "LVS-0001")
+    for _ in range(5):
+        await world.refused(generate_code(), "LVS-0001")
+    for _ in range(3):
+        await world.refused(generate_code(), "LVS-0001")
+
+    class Broken(Exception):
+        pass
+
+    uow = world.uow()
+
+    def broken_emit(*args: object, **kwargs: object) -> None:
+        raise Broken
+
+    uow.emit = broken_emit  # type: ignore[method-assign]
+    with pytest.raises(Broken):
+        await handlers.report_refusals_while_locked(uow, world.config)
+    assert await handlers.report_refusals_while_locked(world.uow(), world.config) == 1
+    assert world.store.data(AuthorisationRejected)[-1].attempts == 2
+
+
 async def test_a_success_resets_the_serials_consecutive_count(world: World):
     await world.register("sc-1", "LVS-0001")
     first = await world.issue("sc-1")

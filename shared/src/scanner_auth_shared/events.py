@@ -288,7 +288,15 @@ class AuthorisationRejected(EventData):
         "invalid_code", "expired", "already_used", "revoked", "serial_mismatch", "rate_limited"
     ] = Field(description="The real reason; the scanner only ever sees a uniform answer.")
     client_ip: str = Field(description="The client's address.")
-    rejected_at: Time = Field(description="When.")
+    rejected_at: Time = Field(description="When (the last of them, when `attempts` > 1).")
+    attempts: int = Field(
+        1,
+        ge=1,
+        description="How many attempts this event stands for. Attempts refused while the serial "
+        "number or address is locked out are reported together: the first at once, the rest as "
+        "one event per serial number and address per report period (the redeemer's "
+        "REJECTION_REPORT_SECONDS, 60 s by default). Absent in older events: 1.",
+    )
 
 
 # ------------------------------------------------------------------------------------ internal

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import BigInteger, Column, DateTime, LargeBinary, Text
+from sqlalchemy import BigInteger, Column, DateTime, Index, LargeBinary, Text
 from sqlmodel import Field
 
 from .db import service_model_base
@@ -32,6 +32,8 @@ class OutboxRow(Base, table=True):
 
 class ProcessedEventRow(Base, table=True):
     __tablename__ = "processed_events"
+    # Purging by age (outbox.purge_processed_events); migration 0002 of every service.
+    __table_args__ = (Index("processed_events_age", "processed_at"),)
 
     consumer: str = Field(sa_column=Column(Text, primary_key=True))
     event_id: str = Field(sa_column=Column(Text, primary_key=True))

@@ -1,34 +1,38 @@
-"""The notifier's subscriptions: one per concern."""
+"""The notifier's consumer groups: which handler applies each event type."""
 
 from __future__ import annotations
 
-from faststream.kafka import KafkaBroker
+from scanner_auth_shared.consumer import Consumer
+from scanner_auth_shared.events import (
+    NOTIFICATIONS_TOPIC,
+    PUBLIC_TOPIC,
+    ScannerAuthorised,
+    TokenEmailRequested,
+    TokenExpired,
+    TokenIssued,
+    TokenRevoked,
+)
 
-from scanner_auth_shared.events import NOTIFICATIONS_TOPIC, PUBLIC_TOPIC
-from scanner_auth_shared.messaging import subscribe_events
+from . import handlers
+from .adapters.ports import NotifierUnitOfWork
 
-from .handlers import REQUESTS_CONSUMER, TOKENS_CONSUMER, Notifier
-from .settings import Settings
+EMAIL_REQUESTS: Consumer[NotifierUnitOfWork] = Consumer(
+    name="notifier.email-requests",
+    topic=NOTIFICATIONS_TOPIC,
+    handlers={TokenEmailRequested: handlers.on_token_email_requested},
+    description="Records each requested email once (by notification id) for the sender.",
+)
 
+TOKEN_STATES: Consumer[NotifierUnitOfWork] = Consumer(
+    name="notifier.token-states",
+    topic=PUBLIC_TOPIC,
+    handlers={
+        TokenIssued: handlers.on_token_issued,
+        TokenRevoked: handlers.on_token_revoked,
+        TokenExpired: handlers.on_token_expired,
+        ScannerAuthorised: handlers.on_scanner_authorised,
+    },
+    description="Follows each token's life, so that no email goes out for a dead code.",
+)
 
-def subscribe(broker: KafkaBroker, settings: Settings, notifier: Notifier) -> None:
-    subscribe_events(
-        broker,
-        settings,
-        topic=NOTIFICATIONS_TOPIC,
-        consumer=REQUESTS_CONSUMER,
-        group_id="scanner-auth.notifier.email-requests",
-        handler=notifier.record_email_request,
-        types={"TokenEmailRequested"},
-        description="Records each requested email once (by notification id) for the sender.",
-    )
-    subscribe_events(
-        broker,
-        settings,
-        topic=PUBLIC_TOPIC,
-        consumer=TOKENS_CONSUMER,
-        group_id="scanner-auth.notifier.token-states",
-        handler=notifier.apply_token_event,
-        types={"TokenIssued", "TokenRevoked", "TokenExpired", "ScannerAuthorised"},
-        description="Follows each token's life, so that no email goes out for a dead code.",
-    )
+CONSUMERS = (EMAIL_REQUESTS, TOKEN_STATES)

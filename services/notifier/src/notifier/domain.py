@@ -1,4 +1,9 @@
-"""Pure decisions of the notifier: no I/O, no clock, no randomness of its own."""
+"""Pure decisions of the notifier: no I/O, no clock, no randomness of its own.
+
+What a notification is (`EmailRequest`, `Notification`, `Claimed`), when its code may still be
+emailed (`code_is_active`), and what an SMTP attempt's result means for it (`after_attempt`:
+sent, retried later, or ended).
+"""
 
 from __future__ import annotations
 
@@ -18,7 +23,12 @@ LOST_AFTER_DATA = (
     "outcome unknown, not resent to avoid a duplicate"
 )
 SEAL_BROKEN = "the sealed code cannot be opened with this SEALING_KEY"
+SEAL_MISSING = "the sealed code is missing"
 RETRIES_EXHAUSTED = "the code expires before the next attempt"
+TOO_SLOW = "the delivery took too long and was abandoned"
+NO_ANSWER = (
+    "the mail relay did not finish in time; outcome unknown, not resent to avoid a duplicate"
+)
 
 _ERROR_MAX = 500
 
@@ -38,6 +48,103 @@ class Status(StrEnum):
     CANCELLED = "cancelled"
 
 
+# ------------------------------------------------------------------------ notifications
+
+
+@dataclass(frozen=True, slots=True)
+class EmailRequest:
+    """What a TokenEmailRequested asks for. `sealed_code` is the code as the issuer sealed it:
+    never opened at rest."""
+
+    notification_id: str
+    token_id: str
+    scanner_id: str
+    org_id: str
+    recipient_user_id: str
+    recipient_email: str
+    requested_by: str
+    scanner_name: str
+    serial_number: str
+    sealed_code: str
+    expires_at: datetime
+
+    def __repr__(self) -> str:
+        return f"EmailRequest(notification_id={self.notification_id!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """One requested email and where it stands. `sealed_code` is cleared once it is finished."""
+
+    notification_id: str
+    token_id: str
+    scanner_id: str
+    recipient_email: str
+    status: Status
+    attempts: int
+    sealed_code: str | None
+    expires_at: datetime
+    next_attempt_at: datetime
+    claim_id: str | None
+    lease_until: datetime | None
+    last_error: str | None
+    smtp_message_id: str | None
+    sent_at: datetime | None
+
+    def __repr__(self) -> str:
+        return f"Notification({self.notification_id!r}, {self.status}, {self.attempts})"
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A notification this process holds the lease of (status `sending`), with the state of its
+    token when it was claimed (None: never heard of)."""
+
+    notification_id: str
+    claim_id: str
+    token_id: str
+    scanner_id: str
+    recipient_email: str
+    scanner_name: str
+    serial_number: str
+    sealed_code: str | None
+    expires_at: datetime
+    attempts: int
+    token_state: TokenState | None
+    last_error: str | None = None
+
+    def __repr__(self) -> str:  # the sealed code stays out of reprs all the same
+        return f"Claimed(notification_id={self.notification_id!r}, attempts={self.attempts})"
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A notification ended without its sender (cancelled with its token, or reaped)."""
+
+    notification_id: str
+    scanner_id: str
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class CodeEmail:
+    """What one email says. `code` is the opened code: it lives only in memory."""
+
+    notification_id: str
+    recipient_email: str
+    scanner_name: str
+    serial_number: str
+    code: str
+    expires_at: datetime
+
+    def __repr__(self) -> str:  # never the code, whoever prints this
+        return f"CodeEmail(notification_id={self.notification_id!r})"
+
+
+class InvalidRecipient(ValueError):
+    """The recipient address cannot be put in a To header."""
+
+
 def message_id(notification_id: str) -> str:
     """The Message-ID of a notification's email: the same on every attempt, so that a receiving
     system can recognise a copy."""
@@ -51,6 +158,14 @@ def code_is_active(state: str | None, expires_at: datetime, now: datetime) -> bo
     if state is not None and state != TokenState.ACTIVE:
         return False
     return now < expires_at
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Retries of transient failures: `base` seconds, doubling, at most `maximum`."""
+
+    base: float
+    maximum: float
 
 
 def backoff_seconds(attempts: int, *, base: float, maximum: float, jitter: float) -> float:
@@ -153,3 +268,89 @@ SendResult = Delivered | TransientFailure | PermanentFailure | OutcomeUnknown
 
 def is_permanent_reply(code: int) -> bool:
     return 500 <= code <= 599
+
+
+# ------------------------------------------------------------------------ what a result means
+
+
+@dataclass(frozen=True, slots=True)
+class RetryLater:
+    """Back to pending, due again in `delay_seconds`."""
+
+    delay_seconds: float
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """The notification is over without an email: failed or cancelled. `kind` is the failure's
+    metric label (permanent, expired, unknown, seal), None for a cancellation."""
+
+    status: Status
+    permanent: bool
+    error: str
+    kind: str | None = None
+
+
+CANCELLED = Ended(Status.CANCELLED, permanent=True, error=NO_LONGER_ACTIVE)
+SEAL_WONT_OPEN = Ended(Status.FAILED, permanent=True, error=SEAL_BROKEN, kind="seal")
+NO_SEAL = Ended(Status.FAILED, permanent=True, error=SEAL_MISSING, kind="seal")
+REAPED = Ended(Status.FAILED, permanent=False, error=OUTCOME_UNKNOWN, kind="unknown")
+
+Outcome = Delivered | RetryLater | Ended
+
+
+def not_sendable(
+    state: str | None,
+    expires_at: datetime,
+    now: datetime,
+    *,
+    attempts: int,
+    last_error: str | None = None,
+) -> Ended | None:
+    """Why a notification whose turn has come may not be sent (None: it may). A token that
+    ended: cancelled. A code past its expiry: cancelled, or, when attempts failed before, the
+    retries ran out (as when the next retry would fall after the expiry)."""
+    if code_is_active(state, expires_at, now):
+        return None
+    if attempts and (state is None or state == TokenState.ACTIVE):
+        error = f"{last_error}; {RETRIES_EXHAUSTED}" if last_error else RETRIES_EXHAUSTED
+        return Ended(Status.FAILED, permanent=False, error=safe_error(error), kind="expired")
+    return CANCELLED
+
+
+def unusable_address(error: str) -> Ended:
+    return Ended(Status.FAILED, permanent=True, error=safe_error(error), kind="permanent")
+
+
+def after_attempt(
+    result: SendResult,
+    *,
+    attempts: int,
+    now: datetime,
+    expires_at: datetime,
+    backoff: Backoff,
+    jitter: float,
+) -> Outcome:
+    """What an SMTP attempt (the `attempts`-th) means: sent; a transient failure retried after
+    a backoff unless the code expires first; a permanent failure or an unknown outcome ended
+    (an unknown outcome is never resent: the relay may have the message)."""
+    if isinstance(result, Delivered):
+        return result
+    if isinstance(result, OutcomeUnknown):
+        return Ended(Status.FAILED, permanent=False, error=result.error, kind="unknown")
+    error = safe_error(result.error)
+    if isinstance(result, PermanentFailure):
+        return Ended(Status.FAILED, permanent=True, error=error, kind="permanent")
+    delay = retry_delay(
+        attempts=attempts,
+        now=now,
+        expires_at=expires_at,
+        base=backoff.base,
+        maximum=backoff.maximum,
+        jitter=jitter,
+    )
+    if delay is None:
+        exhausted = safe_error(f"{result.error}; {RETRIES_EXHAUSTED}")
+        return Ended(Status.FAILED, permanent=False, error=exhausted, kind="expired")
+    return RetryLater(delay, error)

@@ -32,3 +32,13 @@ REQUESTS = Counter(
     "TokenEmailRequested events, by effect (recorded, duplicate)",
     ["effect"],
 )
+DEFERRED = Counter(
+    "scanner_auth_notifier_deferred_total",
+    "Claimed emails given back, not attempted: the token states had not caught up in time",
+)
+BARRIER_SECONDS = Histogram(
+    "scanner_auth_notifier_barrier_seconds",
+    "Time a claimed email waited for the token-state consumer (the read barrier), by result",
+    ["result"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)

@@ -35,6 +35,15 @@ class Settings(DatabaseSettings):
     sender_poll_seconds: float = Field(1.0, gt=0)
     lease_seconds: float = Field(60.0, gt=0)
 
+    # The read barrier: a claimed email waits (at most this long, and at most a quarter of the
+    # lease) until the token-state consumer has applied every token event of its scanner
+    # published before the claim; failing that it is given back, due again after
+    # BARRIER_RELEASE_SECONDS, and not counted as an attempt. BARRIER_POLL_SECONDS: how often
+    # the consumer group's committed offsets are read while emails wait.
+    barrier_timeout_seconds: float = Field(10.0, gt=0)
+    barrier_release_seconds: float = Field(1.0, ge=0)
+    barrier_poll_seconds: float = Field(0.05, gt=0)
+
     @field_validator("smtp_password")
     @classmethod
     def _password_with_username(

@@ -61,9 +61,16 @@ def build(settings: Settings) -> ServiceRuntime:
     runtime.periodically(
         "throttle-housekeeping", settings.throttle_cleanup_interval_seconds, forget_stale_throttles
     )
+    configured = config(settings)
+
+    async def report_refusals() -> None:
+        await handlers.report_refusals_while_locked(unit_of_work(), configured)
+
+    runtime.periodically("rejection-report", settings.rejection_report_seconds, report_refusals)
+    runtime.on_stop.append(report_refusals)  # before the relay's last drain
     services = api.Services(
         unit_of_work=unit_of_work,
-        config=config(settings),
+        config=configured,
         trusted_proxies=parse_networks(settings.trusted_proxies),
         max_body_bytes=settings.max_request_body_bytes,
     )

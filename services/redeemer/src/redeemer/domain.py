@@ -197,6 +197,56 @@ def refusal(token: TokenView | None, serial: str, now: datetime) -> Reason | Non
 # ------------------------------------------------------------------------------------ throttling
 
 
+@dataclass(slots=True)
+class _Counted:
+    count: int = 0
+    last: datetime | None = None
+
+
+@dataclass(slots=True)
+class RejectionTally:
+    """Refusals while locked out, reported together (issue #18: a flood against a lock must not
+    write an event per request). The first refusal of a serial number (as presented) and address
+    since the last report is reported at once; the others are counted and reported as one event
+    per key at the next report (`AuthorisationRejected.attempts`). In memory, per replica: a
+    crash loses at most one report period of counts, as it loses the metrics' counts; the
+    metrics count every refusal. At most `capacity` keys are held; refusals beyond are counted
+    in `overflow` only."""
+
+    capacity: int = 10_000
+    pending: dict[tuple[str, str], _Counted] = field(default_factory=dict)
+    overflow: int = 0
+
+    def report_now(self, serial: str, client_ip: str, now: datetime) -> bool:
+        """Count this refusal; True when it is the first of its key, to be reported at once."""
+        counted = self.pending.get((serial, client_ip))
+        if counted is not None:
+            counted.count += 1
+            counted.last = now
+            return False
+        if len(self.pending) >= self.capacity:
+            self.overflow += 1
+            return False
+        self.pending[(serial, client_ip)] = _Counted()
+        return True
+
+    def drain(self) -> tuple[list[tuple[str, str, int, datetime]], int]:
+        """What to report: (serial, client_ip, refusals, the last one's time) for each key with
+        refusals counted, and the overflow; every key is forgotten."""
+        due = [(s, ip, c.count, c.last) for (s, ip), c in self.pending.items() if c.last]
+        overflow = self.overflow
+        self.pending.clear()
+        self.overflow = 0
+        return due, overflow
+
+    def restore(self, due: list[tuple[str, str, int, datetime]]) -> None:
+        """Put back what a failed report did not publish (counted again at the next one)."""
+        for serial, client_ip, count, last in due:
+            counted = self.pending.setdefault((serial, client_ip), _Counted())
+            counted.count += count
+            counted.last = max(last, counted.last or last)
+
+
 @dataclass(frozen=True, slots=True)
 class ThrottlePolicy:
     serial_failures: int = 5

@@ -49,6 +49,9 @@ class Config:
     rotation_grace: timedelta = timedelta(hours=1)
     # At most this many rotations per scanner within any hour (ROTATION_LIMIT_PER_HOUR).
     rotation_limit_per_hour: int = 6
+    # The one piece of state the use cases share, per replica: refusals while locked out,
+    # reported together (domain.RejectionTally).
+    rejections: domain.RejectionTally = field(default_factory=domain.RejectionTally)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +98,9 @@ async def _redeem(uow: UnitOfWork, config: Config, flat: str, attempt: Attempt) 
         state = await _take_turn(uow, attempt)
         wait = state.retry_after()
         if wait is not None:
-            _rejected(uow, attempt, "rate_limited", state.now, key=attempt.serial)
-            await uow.commit()
+            if config.rejections.report_now(attempt.serial, attempt.client_ip, state.now):
+                _rejected(uow, attempt, "rate_limited", state.now, key=attempt.serial)
+                await uow.commit()
             raise domain.RateLimited(wait)
         digest = code_digest(config.pepper, flat)
         token, reason = await _use_token(uow, digest, attempt.serial, state.now)
@@ -181,15 +185,43 @@ async def _count_failure(
 
 
 def _rejected(
-    uow: UnitOfWork, attempt: Attempt, reason: RejectionReason, now: datetime, *, key: str
+    uow: UnitOfWork,
+    attempt: Attempt,
+    reason: RejectionReason,
+    now: datetime,
+    *,
+    key: str,
+    attempts: int = 1,
 ) -> None:
     data = AuthorisationRejected(
         serial_number=attempt.serial[: domain.SERIAL_MAX_LENGTH],
         reason=reason,
         client_ip=attempt.client_ip,
         rejected_at=now,
+        attempts=attempts,
     )
     uow.emit(data, subject=key)
+
+
+async def report_refusals_while_locked(uow: UnitOfWork, config: Config) -> int:
+    """One `AuthorisationRejected` (rate_limited, `attempts`) per serial number and address
+    refused while locked out since the last report, besides the first, reported at once. The
+    number of events written."""
+    due, overflow = config.rejections.drain()
+    if overflow:
+        log.warning("refusals while locked out beyond the tally", extra={"refusals": overflow})
+    if not due:
+        return 0
+    try:
+        async with uow:
+            for serial, client_ip, count, last in due:
+                attempt = Attempt(serial, client_ip)
+                _rejected(uow, attempt, "rate_limited", last, key=serial, attempts=count)
+            await uow.commit()
+    except BaseException:
+        config.rejections.restore(due)
+        raise
+    return len(due)
 
 
 async def _authorise(uow: UnitOfWork, token: TokenView, attempt: Attempt) -> Authorised:

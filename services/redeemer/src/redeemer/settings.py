@@ -41,6 +41,8 @@ class Settings(DatabaseSettings):
     # starts again from zero). Locked rows are kept until their lock has passed.
     throttle_retention_seconds: int = Field(86_400, ge=60)
     throttle_cleanup_interval_seconds: float = Field(600.0, gt=0)
+    # Refusals while locked out are reported together, one event per key per period.
+    rejection_report_seconds: float = Field(60.0, gt=0)
     max_request_body_bytes: int = Field(4096, ge=256)
 
     @field_validator("trusted_proxies")

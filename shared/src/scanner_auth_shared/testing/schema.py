@@ -42,22 +42,28 @@ def statements_of(*modules: ModuleType) -> dict[str, str]:
 
 
 async def assert_migrations_match_models(
-    database_url: str, migrations: Path, metadata: MetaData, *, ignore: Iterable[str] = ()
+    database_url: str,
+    migrations: Path,
+    metadata: MetaData,
+    *,
+    ignore: Iterable[str] = (),
+    only: Iterable[str] | None = None,
 ) -> None:
     """Migrate an empty database, then compare it with `metadata` (alembic's autogenerate
     comparison: tables, columns, types, nullability, indexes, unique constraints). `ignore`:
     tables the models do not declare (the shared outbox and processed-event tables are
-    compared by `scanner_auth_shared`'s own test)."""
+    compared by tests/deploy/test_migrations.py, with `only`: just those tables)."""
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
     await upgrade(database_url, migrations)
     skipped = {"alembic_version", *ignore}
+    wanted = None if only is None else set(only)
 
     def include_object(obj: Any, name: str | None, type_: str, reflected: bool, _: Any) -> bool:
         table = obj if type_ == "table" else getattr(obj, "table", None)
         table_name = getattr(table, "name", name)
-        return table_name not in skipped
+        return table_name not in skipped and (wanted is None or table_name in wanted)
 
     def compare(connection: Any) -> list[Any]:
         context = MigrationContext.configure(

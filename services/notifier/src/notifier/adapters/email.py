@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.headerregistry import Address
 from email.message import EmailMessage
@@ -11,28 +10,14 @@ from email.utils import format_datetime, parseaddr
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 
 from .. import domain
+from ..domain import CodeEmail, InvalidRecipient
 
-
-@dataclass(frozen=True, slots=True)
-class CodeEmail:
-    """What one email says. `code` is the opened code: it lives only in memory."""
-
-    notification_id: str
-    recipient_email: str
-    scanner_name: str
-    serial_number: str
-    code: str
-    expires_at: datetime
-
-    def __repr__(self) -> str:  # never the code, whoever prints this
-        return f"CodeEmail(notification_id={self.notification_id!r})"
-
-
-class InvalidRecipient(ValueError):
-    """The recipient address cannot be put in a To header."""
+__all__ = ["CodeEmail", "EmailRenderer", "InvalidRecipient"]
 
 
 class EmailRenderer:
+    """The `Composer` port: the packaged templates, plain text and HTML."""
+
     def __init__(self, sender: str) -> None:
         self.sender = sender
         self._env = Environment(

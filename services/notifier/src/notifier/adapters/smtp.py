@@ -6,6 +6,8 @@ Every outcome becomes a `SendResult`:
 - a 4xx reply anywhere, a connection refused, lost or timed out: TransientFailure.
 - the connection lost or timed out after the relay said 354 and the message went on its way:
   OutcomeUnknown. The relay may have accepted it; resending could deliver it twice.
+- the whole attempt bounded by `deadline`: cut short before 354, TransientFailure; after,
+  OutcomeUnknown.
 - a refusal while setting up the session (greeting, EHLO, STARTTLS, AUTH, MAIL FROM), even a
   5xx: TransientFailure. It says the relay or our configuration of it is wrong (a bad password,
   say), not that this email can never be delivered: the email waits, with backoff and until its
@@ -15,8 +17,10 @@ Error texts carry SMTP replies and exception types only: never the message, so n
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
+from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Literal
 
@@ -30,6 +34,7 @@ from aiosmtplib.email import extract_recipients, extract_sender, flatten_message
 
 from ..domain import (
     LOST_AFTER_DATA,
+    TOO_SLOW,
     Delivered,
     OutcomeUnknown,
     PermanentFailure,
@@ -59,6 +64,7 @@ class SmtpRelay:
         timeout: float = 10.0,
         ca_file: str | None = None,
         helo_hostname: str | None = None,
+        deadline: float = 30.0,
     ) -> None:
         self.host = host
         self.port = port
@@ -68,6 +74,7 @@ class SmtpRelay:
         self.timeout = timeout
         self.ca_file = ca_file
         self.helo_hostname = helo_hostname
+        self.deadline = deadline  # the whole attempt, session included
 
     def __repr__(self) -> str:
         return f"SmtpRelay({self.host}:{self.port}, tls={self.tls})"
@@ -90,9 +97,27 @@ class SmtpRelay:
         )
 
     async def send(self, message: EmailMessage) -> SendResult:
+        """One attempt, bounded by `deadline` as a whole: cut short before the relay had the
+        message, it is transient; after DATA's 354, the outcome is unknown."""
         client = self._client()
+        progress = _Progress()
+        try:
+            async with asyncio.timeout(self.deadline):
+                refused = await self._open(client)
+                if refused is not None:
+                    return refused
+                return await self._deliver(client, message, progress)
+        except TimeoutError:
+            if progress.handed_over:
+                return OutcomeUnknown(LOST_AFTER_DATA)
+            return TransientFailure(TOO_SLOW)
+        finally:
+            await _close(client)
+
+    async def _open(self, client: aiosmtplib.SMTP) -> SendResult | None:
+        """The session: connect, greeting, EHLO, STARTTLS, AUTH. None when it is open; any
+        refusal is transient (the relay or our configuration of it, not this email)."""
         where = f"{self.host}:{self.port}"
-        # 1. The session: connect, greeting, EHLO, STARTTLS, AUTH.
         try:
             await client.connect()
         except SMTPResponseException as exc:
@@ -107,37 +132,37 @@ class SmtpRelay:
             return TransientFailure(
                 f"cannot reach the mail relay {where}: {type(exc).__name__}: {exc}"
             )
-        # 2. The transaction: MAIL FROM, RCPT TO, DATA.
-        try:
-            try:
-                after_data = await self._transaction(client, message)
-            except SMTPRecipientsRefused as exc:
-                codes = [r.code for r in exc.recipients]
-                text = "; ".join(_reply(r) for r in exc.recipients)
-                if codes and all(is_permanent_reply(c) for c in codes):
-                    return PermanentFailure(f"the mail relay refused the recipient: {text}")
-                return TransientFailure(f"the mail relay deferred the recipient: {text}")
-            except aiosmtplib.SMTPSenderRefused as exc:
-                return TransientFailure(f"the mail relay refused the sender: {_reply(exc)}")
-            except aiosmtplib.SMTPDataError as exc:
-                if is_permanent_reply(exc.code):
-                    return PermanentFailure(f"the mail relay refused the message: {_reply(exc)}")
-                return TransientFailure(f"the mail relay deferred the message: {_reply(exc)}")
-            except SMTPResponseException as exc:
-                if 400 <= exc.code <= 499:
-                    return TransientFailure(f"the mail relay deferred the message: {_reply(exc)}")
-                return TransientFailure(f"unexpected reply from the mail relay: {_reply(exc)}")
-            except aiosmtplib.SMTPTimeoutError:
-                return TransientFailure(f"timed out talking to the mail relay {where}")
-            except (aiosmtplib.SMTPException, OSError) as exc:
-                return TransientFailure(
-                    f"lost the connection to the mail relay {where}: {type(exc).__name__}"
-                )
-            return after_data
-        finally:
-            await _close(client)
+        return None
 
-    async def _transaction(self, client: aiosmtplib.SMTP, message: EmailMessage) -> SendResult:
+    async def _deliver(
+        self, client: aiosmtplib.SMTP, message: EmailMessage, progress: _Progress
+    ) -> SendResult:
+        """The transaction (MAIL FROM, RCPT TO, DATA), its refusals classified."""
+        where = f"{self.host}:{self.port}"
+        try:
+            return await self._transaction(client, message, progress)
+        except SMTPRecipientsRefused as exc:
+            return _recipients_refused(exc)
+        except aiosmtplib.SMTPSenderRefused as exc:
+            return TransientFailure(f"the mail relay refused the sender: {_reply(exc)}")
+        except aiosmtplib.SMTPDataError as exc:
+            if is_permanent_reply(exc.code):
+                return PermanentFailure(f"the mail relay refused the message: {_reply(exc)}")
+            return TransientFailure(f"the mail relay deferred the message: {_reply(exc)}")
+        except SMTPResponseException as exc:
+            if 400 <= exc.code <= 499:
+                return TransientFailure(f"the mail relay deferred the message: {_reply(exc)}")
+            return TransientFailure(f"unexpected reply from the mail relay: {_reply(exc)}")
+        except aiosmtplib.SMTPTimeoutError:
+            return TransientFailure(f"timed out talking to the mail relay {where}")
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            return TransientFailure(
+                f"lost the connection to the mail relay {where}: {type(exc).__name__}"
+            )
+
+    async def _transaction(
+        self, client: aiosmtplib.SMTP, message: EmailMessage, progress: _Progress
+    ) -> SendResult:
         """MAIL, RCPT, DATA by hand (what `send_message` does), so that a connection lost
         before the relay had the message (safe to retry) is told apart from one lost after
         (the outcome is unknown)."""
@@ -159,9 +184,15 @@ class SmtpRelay:
         start = await client.execute_command(b"DATA")
         if start.code != 354:
             raise aiosmtplib.SMTPDataError(start.code, start.message)
+        return await self._data(client, flat, progress)
+
+    async def _data(self, client: aiosmtplib.SMTP, flat: bytes, progress: _Progress) -> SendResult:
+        """After 354: the message on its way. From here a cut connection means the relay may
+        have it."""
         protocol = client.protocol
         if protocol is None:
             return TransientFailure("lost the connection to the mail relay before the message")
+        progress.handed_over = True
         try:
             protocol.write(_dot_stuffed(flat))
             reply = await protocol.read_response(timeout=self.timeout)
@@ -171,6 +202,21 @@ class SmtpRelay:
         if reply.code == 250:
             return Delivered()
         raise aiosmtplib.SMTPDataError(reply.code, reply.message)
+
+
+@dataclass
+class _Progress:
+    """How far one attempt got: `handed_over` once the relay said 354 and the message left."""
+
+    handed_over: bool = False
+
+
+def _recipients_refused(exc: SMTPRecipientsRefused) -> SendResult:
+    codes = [r.code for r in exc.recipients]
+    text = "; ".join(_reply(r) for r in exc.recipients)
+    if codes and all(is_permanent_reply(c) for c in codes):
+        return PermanentFailure(f"the mail relay refused the recipient: {text}")
+    return TransientFailure(f"the mail relay deferred the recipient: {text}")
 
 
 def _dot_stuffed(message: bytes) -> bytes:

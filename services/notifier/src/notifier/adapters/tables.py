@@ -1,11 +1,12 @@
-"""The notifier's tables (created by migrations/versions/0001_initial.py)."""
+"""The notifier's tables: the one source of its schema. The migrations build exactly these
+(tests/test_schema.py compares them); adapters/postgres.py is how they are read and written."""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Column, DateTime
+from sqlalchemy import Column, DateTime, Index, Integer, Text, text
 from sqlmodel import Field, SQLModel
 
 from scanner_auth_shared.db import service_model_base
@@ -16,34 +17,44 @@ else:
     NotifierModel = service_model_base("Notifier")
 
 
+def _text(nullable: bool = False, *, primary_key: bool = False) -> Column[str]:
+    return Column(Text, nullable=nullable, primary_key=primary_key)
+
+
 def _tz(nullable: bool = False) -> Column[datetime]:
     return Column(DateTime(timezone=True), nullable=nullable)
 
 
 class Notification(NotifierModel, table=True):
     """One requested email. `sealed_code` is the code as received (sealed, never opened at
-    rest); it is cleared once the notification is finished."""
+    rest); it is cleared once the notification is finished. `status`: pending, sending (claimed
+    under a lease until `lease_until`), sent, failed, cancelled."""
 
     __tablename__ = "notifications"
+    __table_args__ = (
+        Index("notifications_due", "next_attempt_at", postgresql_where=text("status = 'pending'")),
+        Index("notifications_leases", "lease_until", postgresql_where=text("status = 'sending'")),
+        Index("notifications_token", "token_id"),
+    )
 
-    notification_id: str = Field(primary_key=True)
-    token_id: str
-    scanner_id: str
-    org_id: str
-    recipient_user_id: str
-    recipient_email: str
-    requested_by: str
-    scanner_name: str
-    serial_number: str
-    sealed_code: str | None = None
+    notification_id: str = Field(sa_column=_text(primary_key=True))
+    token_id: str = Field(sa_column=_text())
+    scanner_id: str = Field(sa_column=_text())
+    org_id: str = Field(sa_column=_text())
+    recipient_user_id: str = Field(sa_column=_text())
+    recipient_email: str = Field(sa_column=_text())
+    requested_by: str = Field(sa_column=_text())
+    scanner_name: str = Field(sa_column=_text())
+    serial_number: str = Field(sa_column=_text())
+    sealed_code: str | None = Field(default=None, sa_column=_text(True))
     expires_at: datetime = Field(sa_column=_tz())
-    status: str
-    attempts: int = 0
+    status: str = Field(sa_column=_text())
+    attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False))
     next_attempt_at: datetime = Field(sa_column=_tz())
-    claim_id: str | None = None
+    claim_id: str | None = Field(default=None, sa_column=_text(True))
     lease_until: datetime | None = Field(default=None, sa_column=_tz(True))
-    last_error: str | None = None
-    smtp_message_id: str | None = None
+    last_error: str | None = Field(default=None, sa_column=_text(True))
+    smtp_message_id: str | None = Field(default=None, sa_column=_text(True))
     requested_at: datetime = Field(sa_column=_tz())
     sent_at: datetime | None = Field(default=None, sa_column=_tz(True))
     finished_at: datetime | None = Field(default=None, sa_column=_tz(True))
@@ -54,7 +65,7 @@ class TokenStateRow(NotifierModel, table=True):
 
     __tablename__ = "token_states"
 
-    token_id: str = Field(primary_key=True)
-    scanner_id: str
-    state: str
+    token_id: str = Field(sa_column=_text(primary_key=True))
+    scanner_id: str = Field(sa_column=_text())
+    state: str = Field(sa_column=_text())
     updated_at: datetime = Field(sa_column=_tz())
