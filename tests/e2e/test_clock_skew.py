@@ -87,12 +87,12 @@ def test_a_deauthorisation_right_after_a_redemption_closes_the_gate_whatever_the
     for round_ in range(3):
         authorised = redeemed(system, sid, scanner.serial_number)
         credential = authorised["credential"]
-        wait_until(lambda: system.upload_status(credential) == 202, 5, "gate opened")
+        wait_until(lambda c=credential: system.upload_status(c) == 202, 5, "gate opened")
 
         with system.as_user("ADMIN_JWT") as admin:
             assert admin.delete(f"/v1/scanners/{sid}/authorisation").status_code == 204
         started = time.monotonic()
-        wait_until(lambda: system.upload_status(credential) == 403, 10, "gate closed", 0.02)
+        wait_until(lambda c=credential: system.upload_status(c) == 403, 10, "gate closed", 0.02)
         closed.append(time.monotonic() - started)
 
         # The skew was in force: the deauthorisation is stamped before the redemption it
