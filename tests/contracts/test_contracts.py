@@ -61,7 +61,7 @@ CONSUMES = {
         "ScannerRegistered",
         "ScannerRemoved",
     },
-    "scan-ingest": {"ScannerAuthorised", "CredentialRotated", "ScannerDeauthorised"},
+    "scan-ingest": {"ScannerAuthorised", "CredentialRotated", "CredentialsRevoked"},
     "notifier": {
         "TokenEmailRequested",
         "TokenIssued",
@@ -78,7 +78,12 @@ PUBLISHES = {
         "ScannerDeauthorised",
         "TokenEmailRequested",
     },
-    "redeemer": {"ScannerAuthorised", "CredentialRotated", "AuthorisationRejected"},
+    "redeemer": {
+        "ScannerAuthorised",
+        "CredentialRotated",
+        "CredentialsRevoked",
+        "AuthorisationRejected",
+    },
     "scan-ingest": {"ScanIngested"},
     "notifier": {"NotificationSent", "NotificationFailed"},
 }

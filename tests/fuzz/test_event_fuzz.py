@@ -69,7 +69,7 @@ CONSUMERS: dict[str, tuple[str, str, set[str]]] = {
     "scan-ingest.gate": (
         "scan-ingest",
         PUBLIC_TOPIC,
-        {"ScannerAuthorised", "CredentialRotated", "ScannerDeauthorised"},
+        {"ScannerAuthorised", "CredentialRotated", "CredentialsRevoked"},
     ),
     "notifier.email-requests": ("notifier", NOTIFICATIONS_TOPIC, {"TokenEmailRequested"}),
     "notifier.token-states": (
@@ -138,6 +138,8 @@ def valid_data(type_: str) -> st.SearchStrategy[dict[str, Any]]:
             fields[name] = st.booleans()
         elif name == "credential_id" and "none" in annotation:
             fields[name] = st.none() | ids()
+        elif name == "credential_ids":
+            fields[name] = st.lists(ids(), max_size=5)
         else:
             fields[name] = text_field(name)
     return st.fixed_dictionaries(fields)

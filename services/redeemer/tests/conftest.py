@@ -86,11 +86,12 @@ class World:
     def uow(self) -> MemoryUnitOfWork:
         return MemoryUnitOfWork(self.store, source=SOURCE)
 
-    async def apply(self, handler: Callable[..., Awaitable[None]], data: EventData) -> None:
+    async def apply(self, handler: Callable[..., Awaitable[None]], data: EventData) -> CloudEvent:
         event = new_event(data, source="scanner-auth/token-issuer")
         async with self.uow() as uow:
             await handler(uow, event, data)
             await uow.commit()
+        return event
 
     # ------------------------------------------------------------------ the world's events
 
@@ -149,8 +150,8 @@ class World:
 
     async def deauthorise(
         self, scanner_id: str, *, at: datetime | None = None, credential_id: str | None = None
-    ) -> None:
-        await self.apply(
+    ) -> CloudEvent:
+        return await self.apply(
             handlers.on_scanner_deauthorised,
             ScannerDeauthorised(
                 scanner_id=scanner_id,

@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from scanner_auth_shared.crypto import CREDENTIAL_PREFIX
+from scanner_auth_shared.events import PUBLIC_TOPIC
 
 from .conftest import ORG, Harness, Start, eventually
 
@@ -110,60 +111,66 @@ async def test_a_new_redemption_replaces_every_earlier_credential(start: Start):
         assert statuses == ["active", "replaced", "replaced", "rotating"]
 
 
-async def test_scanner_deauthorised_revokes_every_credential_issued_up_to_then(start: Start):
+async def test_scanner_deauthorised_revokes_every_live_credential_and_says_which(start: Start):
     async with start() as h:
         await h.register("sc-1", "LVS-0001")
         await h.register("sc-2", "LVS-0002")
-        c1 = (await _authorised(h))["credential"]
-        c2 = (await h.rotate(c1)).json()["credential"]  # c1 in grace, c2 current
+        first = await _authorised(h)
+        c1 = first["credential"]
+        rotation = (await h.rotate(c1)).json()  # c1 in grace, c2 current
+        c2 = rotation["credential"]
         other = (await _authorised(h, "sc-2", "LVS-0002"))["credential"]
 
-        await h.deauthorise("sc-1")
+        # The token-issuer's clock 10 minutes behind ours: still revoked (issue 18).
+        deauthorised = await h.deauthorise("sc-1", at=datetime.now(UTC) - timedelta(minutes=10))
         assert await eventually(lambda: _ended(h, c1, c2))
         assert (await h.rotate(c2)).status_code == 403
         assert await h.standing(other) == "current"  # another scanner
+        [revoked] = await h.wait_events("CredentialsRevoked", 1)
+        assert revoked.source == "scanner-auth/redeemer" and revoked.subject == "sc-1"
+        assert revoked.data["credential_ids"] == sorted(
+            [first["credential_id"], rotation["credential_id"]]
+        )
+        assert revoked.data["cause_event_id"] == deauthorised.id
+        assert revoked.data["reason"] == "deauthorised"
 
-        # A credential issued after the deauthorisation is not touched by it, even when the
-        # event comes again (redelivered) or late.
-        c3 = (await _authorised(h))["credential"]
-        late = await h.deauthorise("sc-1", at=datetime.now(UTC) - timedelta(seconds=30))
-        await h.wait_processed(late)
-        assert await h.standing(c3) == "current"
+        # A credential issued after the deauthorisation was applied is born alive, stamped by
+        # our clock, even when the token-issuer's clock runs ahead; a redelivery of the old
+        # event has no second effect.
+        c3 = await _authorised(h)
+        assert abs(datetime.fromisoformat(c3["authorised_at"]) - datetime.now(UTC)) < timedelta(
+            seconds=30
+        )
+        await h.publish(PUBLIC_TOPIC, deauthorised)
+        await h.issue("sc-1")  # after the redelivery on the scanner's partition: applied
+        assert await h.standing(c3["credential"]) == "current"
+        ahead = await h.deauthorise("sc-2", at=datetime.now(UTC) + timedelta(minutes=10))
+        await h.wait_processed(ahead)
+        events = await h.wait_events("CredentialsRevoked", 2)
+        assert len(events) == 2, "the redelivered ScannerDeauthorised had a second effect"
+        assert events[1].data["credential_ids"] != []  # sc-2's, whatever the clock ahead
 
 
 async def _ended(h: Harness, *credentials: str) -> bool:
     return all([await h.standing(c) == "ended" for c in credentials])
 
 
-async def test_deauthorisation_names_a_credential_or_runs_ahead_of_our_clock(start: Start):
-    async with start() as h:
+async def test_rotations_beyond_the_hourly_limit_are_refused_with_retry_after(start: Start):
+    async with start(rotation_limit_per_hour=2) as h:
         await h.register("sc-1", "LVS-0001")
-        first = await _authorised(h)
-        # The token-issuer's clock is behind ours, but it names the credential: revoked anyway.
-        await h.deauthorise(
-            "sc-1",
-            at=datetime.now(UTC) - timedelta(minutes=5),
-            credential_id=first["credential_id"],
+        current = (await _authorised(h))["credential"]
+        for _ in range(2):
+            answer = await h.rotate(current)
+            assert answer.status_code == 201, answer.text
+            current = answer.json()["credential"]
+        refused = await h.rotate(current)
+        assert refused.status_code == 429, refused.text
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert 3590 <= int(refused.headers["retry-after"]) <= 3600
+        assert refused.json()["status"] == 429
+        assert current not in refused.text
+        assert await h.standing(current) == "current"  # it keeps working
+        rotations = await h.scalar(
+            "SELECT count(*) FROM credentials WHERE previous_credential_id IS NOT NULL"
         )
-        assert await eventually(lambda: _ended(h, first["credential"]))
-
-        # The token-issuer's clock runs ahead of ours: a credential issued after the
-        # deauthorisation was applied must still be born alive (stamped after it).
-        ahead = datetime.now(UTC) + timedelta(minutes=1)
-        await h.deauthorise("sc-1", at=ahead)
-        assert await eventually(
-            lambda: h.scalar(
-                "SELECT deauthorised_at = $1 FROM scanner_credential_state "
-                "WHERE scanner_id = 'sc-1'",
-                ahead,
-            )
-        )
-        second = await _authorised(h)
-        assert datetime.fromisoformat(second["authorised_at"]) > ahead
-        assert await h.standing(second["credential"]) == "current"
-        event = next(
-            e
-            for e in await h.wait_events("ScannerAuthorised", 2)
-            if e.data["credential_id"] == second["credential_id"]
-        )
-        assert datetime.fromisoformat(event.data["authorised_at"]) > ahead
+        assert rotations == 2

@@ -270,19 +270,31 @@ async def test_credentials_are_kept_and_found_by_id_and_digest(ports: Ports) -> 
         assert await uow.credentials.by_digest("digest-unknown") is None
 
 
-async def test_a_new_credential_is_stamped_after_the_latest_deauthorisation(ports: Ports) -> None:
+async def test_a_new_credential_is_stamped_by_the_databases_clock(ports: Ports) -> None:
     async with ports() as uow:
         now = await uow.credentials.now()
-        stamp = await uow.credentials.lock_scanner("sc-1")
-        assert stamp >= now
-        ahead = now + timedelta(minutes=1)
-        await uow.credentials.deauthorised("sc-1", ahead)
-        await uow.credentials.deauthorised("sc-1", now)  # an older one, arriving after
-        await uow.credentials.deauthorised("sc-2", now - timedelta(minutes=1))
+        assert await uow.credentials.lock_scanner("sc-1") >= now
         await uow.commit()
+
+
+async def test_recent_rotations_are_counted_per_scanner(ports: Ports) -> None:
     async with ports() as uow:
-        assert await uow.credentials.lock_scanner("sc-1") == ahead + timedelta(microseconds=1)
-        assert await uow.credentials.lock_scanner("sc-2") >= now  # its clock is ahead of it
+        now = await uow.credentials.now()
+        for credential in (
+            _credential("redeemed", now - 50 * SECOND, token_id="t1"),
+            _credential("r-old", now - 40 * SECOND, previous_credential_id="redeemed"),
+            _credential("r-new", now - 10 * SECOND, previous_credential_id="r-old"),
+            _credential(
+                "elsewhere", now - 10 * SECOND, scanner_id="sc-2", previous_credential_id="x"
+            ),
+        ):
+            await uow.credentials.add(credential)
+        recent = sorted(await uow.credentials.rotations_since("sc-1", now - 30 * SECOND))
+        assert recent == [now - 10 * SECOND]
+        every = sorted(await uow.credentials.rotations_since("sc-1", now - 60 * SECOND))
+        assert every == [now - 40 * SECOND, now - 10 * SECOND]
+        assert await uow.credentials.rotations_since("sc-3", now - 60 * SECOND) == []
+        await uow.commit()
 
 
 async def test_live_credentials_are_replaced_rotated_and_revoked(ports: Ports) -> None:
@@ -315,15 +327,14 @@ async def test_live_credentials_are_replaced_rotated_and_revoked(ports: Ports) -
         ended = await uow.credentials.by_id("ended")
         assert ended is not None and (ended.status, ended.valid_until) == ("revoked", None)
 
-        # Revoked: the live ones issued up to `at`, and the one named whenever it was issued.
-        await uow.credentials.add(_credential("later", now))
-        await uow.credentials.add(_credential("named", now))
-        assert await uow.credentials.revoke_issued_up_to("sc-1", now - SECOND, "named") == 2
-        after = {c: (await uow.credentials.by_id(c)) for c in ("current", "later", "named")}
+        # Revoked: every live one of the scanner, whenever it was issued (a future one too).
+        await uow.credentials.add(_credential("later", now + 60 * SECOND))
+        assert await uow.credentials.revoke_live("sc-1") == ["current", "later"]
+        after = {c: (await uow.credentials.by_id(c)) for c in ("current", "later", "other")}
         assert {c: v.status if v else None for c, v in after.items()} == {
             "current": "revoked",
-            "later": "active",
-            "named": "revoked",
+            "later": "revoked",
+            "other": "active",
         }
-        assert await uow.credentials.revoke_issued_up_to("sc-1", now, None) == 1  # "later"
+        assert await uow.credentials.revoke_live("sc-1") == []
         await uow.commit()

@@ -21,6 +21,7 @@ from scanner_auth_shared.crypto import credential_digest, generate_credential
 from scanner_auth_shared.events import (
     PUBLIC_TOPIC,
     CredentialRotated,
+    CredentialsRevoked,
     EventData,
     ScannerAuthorised,
     ScannerDeauthorised,
@@ -90,9 +91,21 @@ class Scanner:
             ),
         )
 
+    def revoked(self, *credential_ids: str, at: datetime | None = None) -> CredentialsRevoked:
+        """What the redeemer announces when it applied a deauthorisation."""
+        return CredentialsRevoked(
+            scanner_id=self.scanner_id,
+            org_id=self.org_id,
+            credential_ids=list(credential_ids),
+            reason="deauthorised",
+            revoked_at=at or now(),
+            cause_event_id=str(uuid.uuid4()),
+        )
+
     def deauthorised(
         self, at: datetime | None = None, credential_id: str | None = None
     ) -> ScannerDeauthorised:
+        """What the token-issuer announces (the gate no longer acts on it: issue 18)."""
         return ScannerDeauthorised(
             scanner_id=self.scanner_id,
             org_id=self.org_id,
@@ -167,7 +180,8 @@ class World:
             yield service
 
     async def announce(self, *datas: EventData) -> None:
-        await publish_events(self.bootstrap, PUBLIC_TOPIC, *datas, source="scanner-auth/redeemer")
+        """Publish as their producers would (the redeemer's, the token-issuer's events)."""
+        await publish_events(self.bootstrap, PUBLIC_TOPIC, *datas)
 
 
 @pytest.fixture

@@ -79,10 +79,11 @@ async def test_only_authorised_scanners_upload_and_changes_reach_the_gate_within
         assert uuid.UUID(fresh.json()["scan_id"])
         assert (await ingest.upload(credential, {"scan_id": "", "volume_m3": 1})).status_code == 422
 
-        # Deauthorised: 403 within one second of the event's publication.
-        await world.announce(scanner.deauthorised(credential_id=credential_id))
+        # Deauthorised: the redeemer's CredentialsRevoked closes it, 403 within one second of
+        # its publication. (The token-issuer's ScannerDeauthorised itself closes nothing here.)
+        await world.announce(scanner.revoked(credential_id))
         elapsed = await ingest.until_status(credential, 403, timeout=10)
-        assert elapsed <= ONE_SECOND, f"deauthorisation took {elapsed:.2f}s to reach the gate"
+        assert elapsed <= ONE_SECOND, f"revocation took {elapsed:.2f}s to reach the gate"
 
         # Authorised again: the new credential works within a second, the old one stays refused.
         new_credential, _, again = scanner.authorised()
@@ -138,17 +139,16 @@ async def test_a_rotated_credential_works_until_previous_valid_until(
     assert old not in logged and new not in logged
 
 
-async def test_a_deauthorisation_that_arrives_first_still_covers_the_credential(
+async def test_a_revocation_that_arrives_first_still_covers_the_credential(
     world: World,
 ) -> None:
-    """The redeemer's and the token-issuer's events may arrive in either order."""
+    """A named credential is revoked whenever its announcement arrives."""
     scanner = Scanner()
     async with world.ingest() as ingest:
-        issued = now()
-        credential, _, authorised = scanner.authorised(at=issued)
-        await world.announce(scanner.deauthorised(at=issued + timedelta(milliseconds=5)))
+        credential, credential_id, authorised = scanner.authorised()
+        await world.announce(scanner.revoked(credential_id))
         await world.announce(authorised, authorised)  # and redelivered
-        # Known (so not 401) and refused: the deauthorisation covered it on arrival.
+        # Known (so not 401) and refused: the revocation covered it on arrival.
         await ingest.until_status(credential, 403)
 
         # A rotation announced before the credential it rotates: both work as announced.
@@ -196,7 +196,7 @@ async def test_a_second_replica_sees_authorisations_too(world: World) -> None:
         await world.announce(authorised)
         await one.until_status(credential, 202)
         await two.until_status(credential, 202, timeout=ONE_SECOND)
-        await world.announce(scanner.deauthorised(credential_id=credential_id))
+        await world.announce(scanner.revoked(credential_id))
         assert await one.until_status(credential, 403, timeout=10) <= ONE_SECOND
         assert await two.until_status(credential, 403, timeout=10) <= ONE_SECOND
 
@@ -237,6 +237,44 @@ async def test_the_gate_recovers_lost_notifications_and_connections(world: World
         started = time.monotonic()
         await ingest.until_status(other, 202)
         assert time.monotonic() - started < 20
+
+
+async def test_a_skewed_deauthorisation_leaves_nothing_working_once_the_redeemer_revoked(
+    world: World,
+) -> None:
+    """Issue 18 on the real gate: a ScannerDeauthorised stamped 10 s behind a redemption (the
+    token-issuer's clock running behind) closes nothing by itself; the redeemer's revocation,
+    naming the credential, closes it."""
+    scanner = Scanner()
+    async with world.ingest() as ingest:
+        credential, credential_id, authorised = scanner.authorised()
+        await world.announce(authorised)
+        await ingest.until_status(credential, 202)
+        await world.announce(
+            scanner.deauthorised(at=authorised.authorised_at - timedelta(seconds=10)),
+            scanner.revoked(credential_id),
+        )
+        assert await ingest.until_status(credential, 403, timeout=10) <= ONE_SECOND
+
+
+async def test_the_retention_purge_runs_and_forgets_rotated_out_credentials(world: World) -> None:
+    scanner = Scanner()
+    async with world.ingest(gate_purge_interval_seconds=0.2, gate_resync_seconds=1.0) as ingest:
+        old, old_id, authorised = scanner.authorised()
+        new, _, rotated = scanner.rotated(old_id, timedelta(seconds=1))
+        await world.announce(authorised, rotated)
+        await ingest.until_status(new, 202)
+        # Grace over: 403; purged from the table, then from memory at the next full load: 401.
+        await ingest.until_status(old, 401, timeout=20)
+        assert await ingest.status(new) == 202
+        conn = await asyncpg.connect(asyncpg_dsn(world.database_url))
+        try:
+            left = await conn.fetchval(
+                "SELECT count(*) FROM gate_credentials WHERE scanner_id = $1", scanner.scanner_id
+            )
+        finally:
+            await conn.close()
+        assert left == 1
 
 
 async def _not(check) -> bool:  # type: ignore[no-untyped-def]

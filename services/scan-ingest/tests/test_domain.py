@@ -62,8 +62,10 @@ def rotated(name: str, seconds: float, previous: str, grace: float) -> Credentia
     )
 
 
-def states(facts: list[CredentialFact], deauthorised: float | None = None) -> dict[str, Standing]:
-    derived = derive_standings(facts, at(deauthorised) if deauthorised is not None else None)
+def states(
+    facts: list[CredentialFact], revoked: frozenset[str] = frozenset()
+) -> dict[str, Standing]:
+    derived = derive_standings(facts, revoked)
     by_digest = {f.digest: f.credential_id for f in facts}
     return {by_digest[d]: s for d, s in derived.items()}
 
@@ -88,20 +90,26 @@ def test_a_rotation_keeps_the_previous_credential_until_its_deadline() -> None:
     assert twice["a"] == Standing(ROTATING, at(41))
 
 
-def test_a_deauthorisation_revokes_everything_issued_up_to_it_and_nothing_after() -> None:
-    facts = [authorised("a", 0), rotated("b", 10, "a", 60)]
-    assert states(facts, deauthorised=10) == {"a": Standing(REVOKED), "b": Standing(REVOKED)}
-    assert states(facts, deauthorised=-1) == {
+def test_a_revocation_closes_exactly_the_ids_it_names_whatever_their_issue_time() -> None:
+    """Issue 18: by identity, not by clock. A credential issued (by its stamp) far in the future
+    is revoked like any other; one not named is untouched."""
+    facts = [authorised("a", 0), rotated("b", 10, "a", 60), authorised("f", 10**6)]
+    assert states(facts[:2], frozenset({"a", "b"})) == {
+        "a": Standing(REVOKED),
+        "b": Standing(REVOKED),
+    }
+    assert states(facts, frozenset({"f"}))["f"] == Standing(REVOKED)
+    assert states(facts[:2], frozenset({"z"})) == {
         "a": Standing(ROTATING, at(70)),
         "b": Standing(ACTIVE),
     }
-    assert states([*facts, authorised("c", 30)], deauthorised=20)["c"] == Standing(ACTIVE)
+    assert states([*facts[:2], authorised("c", 30)], frozenset({"a", "b"}))["c"] == Standing(ACTIVE)
 
 
 def test_a_rotation_from_a_dead_credential_is_dead_too() -> None:
     """Rotating after a deauthorisation or a re-authorisation should be refused upstream; if it
     slipped through, the gate fails closed."""
-    assert states([authorised("a", 0), rotated("b", 10, "a", 60)], deauthorised=5)["b"] == (
+    assert states([authorised("a", 0), rotated("b", 10, "a", 60)], frozenset({"a"}))["b"] == (
         Standing(REVOKED)
     )
     after_replacement = states([authorised("a", 0), authorised("c", 5), rotated("b", 10, "a", 60)])
@@ -117,8 +125,8 @@ def test_two_authorisations_in_the_same_instant_leave_exactly_one_active() -> No
     assert sorted(s.state for s in result.values()) == [ACTIVE, REPLACED]
 
 
-@pytest.mark.parametrize("deauthorised", [None, 7, 25])
-def test_the_order_in_which_facts_arrive_does_not_matter(deauthorised: float | None) -> None:
+@pytest.mark.parametrize("revoked", [frozenset(), frozenset({"a", "b"}), frozenset("abcde")])
+def test_the_order_in_which_facts_arrive_does_not_matter(revoked: frozenset[str]) -> None:
     facts = [
         authorised("a", 0),
         rotated("b", 5, "a", 60),
@@ -126,15 +134,15 @@ def test_the_order_in_which_facts_arrive_does_not_matter(deauthorised: float | N
         rotated("d", 20, "c", 30),
         rotated("e", 30, "d", 30),
     ]
-    expected = states(facts, deauthorised)
+    expected = states(facts, revoked)
     for order in itertools.permutations(facts):
-        assert states(list(order), deauthorised) == expected
+        assert states(list(order), revoked) == expected
     # Applying facts one by one, deriving each time (as the writer does), ends in the same place.
     for order in itertools.permutations(facts):
         seen: list[CredentialFact] = []
         for fact in order:
             seen.append(fact)
-            result = states(seen, deauthorised)
+            result = states(seen, revoked)
         assert result == expected
 
 
@@ -216,15 +224,28 @@ def test_each_dead_standing_has_its_own_refusal_and_message() -> None:
 def test_only_the_standings_that_differ_from_the_stored_ones_are_to_store() -> None:
     a, b = authorised("a", 0), rotated("b", 10, "a", 60)
     stored_before_rotation = {a.digest: Standing(ACTIVE)}
-    changed = changed_standings(ScannerFacts([a, b], stored_before_rotation, None))
+    changed = changed_standings(ScannerFacts([a, b], stored_before_rotation))
     assert changed == {a.digest: Standing(ROTATING, at(70)), b.digest: Standing(ACTIVE)}
     settled = {a.digest: Standing(ROTATING, at(70)), b.digest: Standing(ACTIVE)}
-    assert changed_standings(ScannerFacts([a, b], settled, None)) == {}
-    assert changed_standings(ScannerFacts([a, b], settled, at(10))) == {
+    assert changed_standings(ScannerFacts([a, b], settled)) == {}
+    assert changed_standings(ScannerFacts([a, b], settled, frozenset({"a", "b"}))) == {
         a.digest: Standing(REVOKED),
         b.digest: Standing(REVOKED),
     }
-    assert changed_standings(ScannerFacts([], {}, at(10))) == {}
+    assert changed_standings(ScannerFacts([], {}, frozenset({"a"}))) == {}
+
+
+def test_a_final_standing_is_never_undone_even_when_its_facts_are_gone() -> None:
+    """The purge forgets old facts (a revocation, the authorisation that replaced a credential):
+    what they made final stays so; only a more final standing may follow."""
+    a, c = authorised("a", 0), authorised("c", 10)
+    assert changed_standings(ScannerFacts([a], {a.digest: Standing(REVOKED)})) == {}
+    assert changed_standings(ScannerFacts([a], {a.digest: Standing(REPLACED)})) == {}
+    replaced_then_revoked = ScannerFacts([a, c], {a.digest: Standing(REPLACED)}, frozenset("a"))
+    assert changed_standings(replaced_then_revoked) == {
+        a.digest: Standing(REVOKED),
+        c.digest: Standing(ACTIVE),
+    }
 
 
 def test_scan_ingested_bytes_is_the_contracts_event_with_the_body_as_sent() -> None:

@@ -1,5 +1,6 @@
 """The gate writer's use cases, in memory: what each authorisation event does to the gate's
-table, what the replicas are told, and that order, repetition and redelivery change nothing."""
+table, what the replicas are told, that order, repetition and redelivery change nothing, and the
+retention purge."""
 
 from __future__ import annotations
 
@@ -14,15 +15,15 @@ from scan_ingest.adapters.gate import CredentialGate, GateBuilder
 from scan_ingest.adapters.memory import GateStore, MemoryGateCredentials, MemoryGateUnitOfWork
 from scan_ingest.consumers import GATE_WRITER
 from scan_ingest.domain import CredentialRefused, CredentialState, Standing, UnknownCredential
-from scan_ingest.handlers import admit
+from scan_ingest.handlers import admit, purge_ended
 from scanner_auth_shared.consumer import subscribe
 from scanner_auth_shared.crypto import credential_digest
 from scanner_auth_shared.events import (
     PUBLIC_TOPIC,
     CredentialRotated,
+    CredentialsRevoked,
     EventData,
     ScannerAuthorised,
-    ScannerDeauthorised,
     new_event,
 )
 from scanner_auth_shared.settings import ServiceSettings
@@ -45,10 +46,14 @@ class Writer:
         self.store = GateStore()
 
     async def apply(self, *datas: EventData) -> None:
+        """Each event through the handler its type has (none: the consumer skips it)."""
         for data in datas:
-            event = new_event(data, source="scanner-auth/redeemer")
+            event = new_event(data, source=f"scanner-auth/{data.producer}")
+            handler = GATE_WRITER.handlers.get(type(data))
+            if handler is None:
+                continue
             async with MemoryGateUnitOfWork(self.store) as uow:
-                await GATE_WRITER.handlers[type(data)](uow, event, data)
+                await handler(uow, event, data)
                 await uow.commit()
 
     async def answer(self, credential: str, when: datetime) -> str:
@@ -98,19 +103,77 @@ async def test_a_rotated_credential_works_until_its_grace_period_ends() -> None:
     assert writer.store.notifications == [scanner.scanner_id] * 2
 
 
-async def test_a_deauthorisation_revokes_every_credential_issued_up_to_it() -> None:
+async def test_a_revocation_closes_exactly_the_credentials_it_names() -> None:
     writer, scanner = Writer(), Scanner()
     first, first_id, authorised = scanner.authorised(at(0))
-    second, _, rotated = scanner.rotated(first_id, timedelta(hours=1), at(10))
-    await writer.apply(authorised, rotated, scanner.deauthorised(at(20), first_id))
+    second, second_id, rotated = scanner.rotated(first_id, timedelta(hours=1), at(10))
+    other_scanner = Scanner()
+    elsewhere, elsewhere_id, other = other_scanner.authorised(at(0))
+    await writer.apply(authorised, rotated, other)
+    await writer.apply(scanner.revoked(first_id, second_id, elsewhere_id))
     assert await writer.answer(first, at(21)) == "revoked"
     assert await writer.answer(second, at(21)) == "revoked"
+    # Another scanner's credential is not closed by this scanner's revocation.
+    assert await writer.answer(elsewhere, at(21)) == "admitted"
     # Authorised again afterwards: the new credential works, the old ones stay revoked.
     third, _, again = scanner.authorised(at(30))
     await writer.apply(again)
     assert await writer.answer(third, at(31)) == "admitted"
     assert await writer.answer(first, at(31)) == "revoked"
-    assert writer.store.notifications == [scanner.scanner_id] * 4
+    assert writer.store.notifications == [scanner.scanner_id] * 2 + [
+        other_scanner.scanner_id,
+        scanner.scanner_id,
+        scanner.scanner_id,
+    ]
+
+
+@pytest.mark.parametrize("skew", [-10.0, 10.0, -86_400.0])
+async def test_a_deauthorisation_by_a_skewed_clock_cannot_leave_a_credential_working(
+    skew: float,
+) -> None:
+    """Issue 18: the token-issuer's clock `skew` seconds off. Before, the gate compared its
+    `deauthorised_at` with the redeemer's `authorised_at`: 10 s behind, a redemption 1 s before
+    the deauthorisation stayed admitted for ever. Now the ScannerDeauthorised closes nothing by
+    time, and the redeemer's CredentialsRevoked closes the credential by id."""
+    writer, scanner = Writer(), Scanner()
+    credential, credential_id, authorised = scanner.authorised(at(0))
+    await writer.apply(authorised, scanner.deauthorised(at(1 + skew), credential_id=None))
+    assert writer.store.notifications == [scanner.scanner_id]  # the deauthorisation: nothing
+    await writer.apply(scanner.revoked(credential_id, at=at(1.2)))
+    assert await writer.answer(credential, at(2)) == "revoked"
+    assert await writer.answer(credential, at(10**6)) == "revoked"
+
+
+async def test_a_forged_authorisation_from_the_future_is_closed_by_the_next_revocation(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A ScannerAuthorised the redeemer never issued (so it names nothing of it), stamped a day
+    ahead: a time-based deauthorisation missed it; the revocation closes every credential the
+    gate holds as working for the scanner, named or not."""
+    writer, scanner = Writer(), Scanner()
+    legit, legit_id, authorised = scanner.authorised(at(0))
+    forged, forged_id, forgery = scanner.authorised(at(86_400))
+    await writer.apply(authorised, forgery)
+    assert await writer.answer(forged, at(1)) == "admitted"
+    with caplog.at_level(logging.WARNING, logger="scanner_auth.scan_ingest"):
+        await writer.apply(scanner.revoked(legit_id, at=at(5)))
+    assert await writer.answer(forged, at(6)) == "revoked"
+    assert await writer.answer(legit, at(6)) in ("revoked", "replaced")
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert (
+        warning.getMessage() == "credentials the redeemer did not name closed with its revocation"
+    )
+    assert warning.credential_ids == [forged_id]  # type: ignore[attr-defined]
+    assert forged not in caplog.text
+
+
+async def test_a_revocation_without_credentials_closes_whatever_the_gate_holds() -> None:
+    writer, scanner = Writer(), Scanner()
+    await writer.apply(scanner.revoked())
+    assert writer.store.notifications == []  # nothing in any gate changed
+    credential, _, authorised = scanner.authorised(at(0))
+    await writer.apply(authorised, scanner.revoked())
+    assert await writer.answer(credential, at(1)) == "revoked"
 
 
 async def test_a_new_authorisation_replaces_the_scanners_earlier_credentials() -> None:
@@ -124,16 +187,16 @@ async def test_a_new_authorisation_replaces_the_scanners_earlier_credentials() -
     assert await writer.answer(latest, at(21)) == "admitted"
 
 
-async def test_a_deauthorisation_that_arrives_first_covers_the_credential_announced_later() -> None:
-    """The token-issuer's and the redeemer's events may arrive in either order."""
+async def test_a_revocation_that_arrives_first_covers_the_credential_announced_later() -> None:
+    """Should the topic ever deliver them out of order: a named id is revoked on arrival."""
     writer, scanner = Writer(), Scanner()
-    credential, _, authorised = scanner.authorised(at(0))
-    await writer.apply(scanner.deauthorised(at(0.005)))
+    credential, credential_id, authorised = scanner.authorised(at(0))
+    await writer.apply(scanner.revoked(credential_id))
     assert writer.store.notifications == []  # nothing in any gate changed
     await writer.apply(authorised)
     assert await writer.answer(credential, at(1)) == "revoked"  # known (not 401), refused
     assert writer.store.notifications == [scanner.scanner_id]
-    # A credential issued after the deauthorisation is not covered by it.
+    # A credential it did not name, announced after it, is not covered by it.
     later, _, again = scanner.authorised(at(5))
     await writer.apply(again)
     assert await writer.answer(later, at(6)) == "admitted"
@@ -156,21 +219,22 @@ async def test_events_in_any_order_end_where_they_end_in_order() -> None:
     b, b_id, rotated_b = scanner.rotated(a_id, timedelta(seconds=60), at(5))
     c, _, rotated_c = scanner.rotated(b_id, timedelta(seconds=60), at(8))
     d, _, authorised_d = scanner.authorised(at(20))
+    # The revocation names what the redeemer had issued before it; d comes after it (the
+    # redeemer's commit order, which the scanner's partition keeps).
     events: list[EventData] = [
         authorised_a,
         rotated_b,
         rotated_c,
-        scanner.deauthorised(at(9)),
-        authorised_d,
+        scanner.revoked(a_id, b_id, rotated_c.credential_id),
     ]
     credentials = (a, b, c, d)
     in_order = Writer()
-    await in_order.apply(*events)
+    await in_order.apply(*events, authorised_d)
     expected = [in_order.standing(x) for x in credentials]
     assert [s.state for s in expected] == [CredentialState.REVOKED] * 3 + [CredentialState.ACTIVE]
     for order in itertools.permutations(events):
         writer = Writer()
-        await writer.apply(*order)
+        await writer.apply(*order, authorised_d)
         assert [writer.standing(x) for x in credentials] == expected, order
 
 
@@ -193,25 +257,60 @@ async def test_the_same_credential_announced_twice_keeps_the_first_announcement(
     assert credential not in caplog.text
 
 
-async def test_an_earlier_deauthorisation_than_the_one_known_changes_nothing() -> None:
+async def test_a_revocation_repeated_changes_nothing_more() -> None:
     writer, scanner = Writer(), Scanner()
-    credential, _, authorised = scanner.authorised(at(15))
-    await writer.apply(scanner.deauthorised(at(20)), authorised)
-    assert writer.store.notifications == [scanner.scanner_id]
-    await writer.apply(scanner.deauthorised(at(10)))
-    assert writer.store.deauthorisations[scanner.scanner_id] == at(20)
-    assert writer.store.notifications == [scanner.scanner_id]
+    credential, credential_id, authorised = scanner.authorised(at(15))
+    await writer.apply(authorised, scanner.revoked(credential_id))
+    assert writer.store.notifications == [scanner.scanner_id] * 2
+    await writer.apply(scanner.revoked(credential_id))
+    assert writer.store.notifications == [scanner.scanner_id] * 2
     assert await writer.answer(credential, at(30)) == "revoked"
+
+
+# ------------------------------------------------------------------------------ retention
+
+
+async def test_the_purge_forgets_credentials_past_any_use_and_nothing_else() -> None:
+    writer, scanner = Writer(), Scanner()
+    writer.store.clock = at(10)
+    old, old_id, authorised = scanner.authorised(at(0))
+    current, current_id, rotated = scanner.rotated(old_id, timedelta(seconds=60), at(10))
+    await writer.apply(authorised, rotated)
+    revoked_scanner = Scanner()
+    dead, dead_id, gone = revoked_scanner.authorised(at(0))
+    await writer.apply(gone, revoked_scanner.revoked(dead_id))
+    writer.store.clock = at(69)
+
+    async def purge(rotated_after: float = 0.0, ended_after: float = 86_400.0) -> int:
+        return await purge_ended(
+            MemoryGateUnitOfWork(writer.store), rotated_after=rotated_after, ended_after=ended_after
+        )
+
+    assert await purge() == 0  # the rotated-out one is in its grace (until at(70))
+    writer.store.clock = at(70.5)
+    assert await purge(rotated_after=1) == 0
+    assert await purge() == 1
+    assert await writer.answer(old, at(71)) == "unknown"  # forgotten: 401 from now on
+    assert await writer.answer(current, at(71)) == "admitted"
+    assert await writer.answer(dead, at(71)) == "revoked"  # ended, kept for `ended_after`
+    writer.store.advance(86_400)
+    assert await purge() == 1
+    assert await writer.answer(dead, at(86_500)) == "unknown"
+    assert writer.store.revocations == {}
+    assert await writer.answer(current, at(86_500)) == "admitted"
+    # A later event for the scanner re-derives from what is left: nothing comes back to life.
+    await writer.apply(scanner.revoked(current_id))
+    assert await writer.answer(current, at(86_501)) == "revoked"
 
 
 # ------------------------------------------------------------------------------ the consumer
 
 
-def test_the_gate_writer_keeps_its_group_and_reads_the_three_types_quickly() -> None:
+def test_the_gate_writer_keeps_its_group_and_reads_its_three_types_quickly() -> None:
     assert GATE_WRITER.group_id == "scanner-auth.scan-ingest.gate"
     assert GATE_WRITER.name == "scan-ingest.gate"  # the key of its existing processed_events rows
     assert GATE_WRITER.topic == PUBLIC_TOPIC
-    assert set(GATE_WRITER.handlers) == {ScannerAuthorised, CredentialRotated, ScannerDeauthorised}
+    assert set(GATE_WRITER.handlers) == {ScannerAuthorised, CredentialRotated, CredentialsRevoked}
     assert GATE_WRITER.wait_ms == 50
 
 

@@ -47,7 +47,7 @@ class Ports:
 )
 async def ports(request: pytest.FixtureRequest) -> AsyncIterator[Ports]:
     if request.param == "memory":
-        store = GateStore()
+        store = GateStore(clock=datetime.now(UTC))  # as PostgreSQL's now()
 
         async def notified(until: str) -> list[str]:
             assert until in store.notifications
@@ -128,27 +128,70 @@ async def test_a_credential_is_recorded_once_and_read_back_as_facts(ports: Ports
     assert facts.standings == {first.digest: Standing(CredentialState.ACTIVE)} | {
         rotated.digest: Standing(CredentialState.ACTIVE)
     }
-    assert facts.deauthorised_at is None
-    assert (other.credentials, other.standings, other.deauthorised_at) == ([], {}, None)
+    assert facts.revoked == frozenset()
+    assert (other.credentials, other.standings, other.revoked) == ([], {}, frozenset())
 
 
-async def test_the_latest_deauthorisation_is_kept_even_without_credentials(ports: Ports) -> None:
-    for seconds in (20, 10):
-        async with ports.unit() as uow:
-            await uow.credentials.record_deauthorisation("sc-1", T0 + timedelta(seconds=seconds))
-            await uow.commit()
+async def test_revocations_are_kept_by_id_even_before_the_credential(ports: Ports) -> None:
     async with ports.unit() as uow:
-        facts = await uow.credentials.facts("sc-1")
-    assert facts.deauthorised_at == T0 + timedelta(seconds=20)
-    assert facts.credentials == []
-    await _add(ports, "sc-1", _fact("a"))
-    async with ports.unit() as uow:
-        await uow.credentials.record_deauthorisation("sc-1", T0 + timedelta(seconds=30))
+        await uow.credentials.record_revocations("sc-1", ["cred-a", "cred-x"])
+        await uow.credentials.record_revocations("sc-1", ["cred-a"])  # again: nothing new
+        await uow.credentials.record_revocations("sc-2", ["cred-y"])
         await uow.commit()
     async with ports.unit() as uow:
         facts = await uow.credentials.facts("sc-1")
-    assert facts.deauthorised_at == T0 + timedelta(seconds=30)
+    assert facts.revoked == frozenset({"cred-a", "cred-x"})
+    assert facts.credentials == []
+    await _add(ports, "sc-1", _fact("a"))
+    async with ports.unit() as uow:
+        await uow.credentials.record_revocations("sc-1", [])
+        facts = await uow.credentials.facts("sc-1")
+        other = await uow.credentials.facts("sc-2")
+    assert facts.revoked == frozenset({"cred-a", "cred-x"})
     assert facts.credentials == [_fact("a")]
+    assert other.revoked == frozenset({"cred-y"}) and other.credentials == []
+
+
+async def test_the_purge_forgets_ended_credentials_and_old_revocations(ports: Ports) -> None:
+    """Rotated-out credentials by the end of their grace, replaced and revoked ones by when they
+    ended; active ones, and rotated ones in their grace, never."""
+    now = datetime.now(UTC)
+    names = ("active", "in-grace", "grace-over", "replaced", "revoked")
+    await _add(ports, "sc-1", *(_fact(n) for n in names))
+    standings = {
+        "in-grace": Standing(CredentialState.ROTATING, now + timedelta(hours=1)),
+        "grace-over": Standing(CredentialState.ROTATING, now - timedelta(seconds=30)),
+        "replaced": Standing(CredentialState.REPLACED),
+        "revoked": Standing(CredentialState.REVOKED),
+    }
+    async with ports.unit() as uow:
+        for name, standing in standings.items():
+            await uow.credentials.set_standing(_digest(name), standing)
+        await uow.credentials.record_revocations("sc-1", ["cred-revoked"])
+        await uow.commit()
+
+    async def purge(rotated_after: float, ended_after: float) -> int:
+        async with ports.unit() as uow:
+            gone = await uow.credentials.purge_ended(
+                rotated_after=rotated_after, ended_after=ended_after
+            )
+            await uow.commit()
+        return gone
+
+    async def left() -> set[str]:
+        rows = await ports.reader.of_scanners(["sc-1"])
+        return {row.credential_id.removeprefix("cred-") for row in rows}
+
+    assert await purge(rotated_after=3600, ended_after=3600) == 0
+    assert await left() == set(names)
+    assert await purge(rotated_after=5, ended_after=3600) == 1
+    assert await left() == {"active", "in-grace", "replaced", "revoked"}
+    async with ports.unit() as uow:
+        assert (await uow.credentials.facts("sc-1")).revoked == {"cred-revoked"}
+    assert await purge(rotated_after=0, ended_after=0) == 2
+    assert await left() == {"active", "in-grace"}
+    async with ports.unit() as uow:
+        assert (await uow.credentials.facts("sc-1")).revoked == frozenset()
 
 
 async def test_a_standing_is_stored_and_read_by_the_gate(ports: Ports) -> None:

@@ -30,5 +30,5 @@ async def test_the_migrations_build_the_tables_the_models_declare(database_url: 
 
 async def test_every_statement_prepares_against_the_migrated_schema(database_url: str) -> None:
     statements = statements_of(postgres)
-    assert len(statements) == 8, sorted(statements)
+    assert len(statements) == 9, sorted(statements)
     await assert_statements_prepare(database_url, MIGRATIONS, statements)

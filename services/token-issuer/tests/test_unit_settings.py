@@ -125,3 +125,22 @@ def test_an_unusable_public_key_is_refused(env: pytest.MonkeyPatch) -> None:
     env.setenv("AUTH_PUBLIC_KEY_PEM", pem(rsa.generate_private_key(65537, 1024)))  # too short
     with pytest.raises(ConfigurationError, match="AUTH_PUBLIC_KEY_PEM"):
         load_settings(Settings)
+
+
+def test_a_skewed_test_clock_is_refused_where_production_runs(env: pytest.MonkeyPatch) -> None:
+    from datetime import timedelta
+
+    from scanner_auth_shared.events import utcnow
+    from token_issuer.app import clock
+
+    env.setenv("TEST_CLOCK_OFFSET_SECONDS", "-10")
+    settings = load_settings(Settings)
+    assert settings.test_clock_offset_seconds == -10
+    skewed = clock(settings.test_clock_offset_seconds)()
+    assert abs(skewed - (utcnow() - timedelta(seconds=10))) < timedelta(seconds=1)
+    assert clock(0.0) is utcnow
+    env.setenv("KAFKA_IDEMPOTENCE", "required")  # what the production overlay sets
+    with pytest.raises(ConfigurationError, match="TEST_CLOCK_OFFSET_SECONDS is for tests only"):
+        load_settings(Settings)
+    env.setenv("TEST_CLOCK_OFFSET_SECONDS", "0")
+    assert load_settings(Settings).test_clock_offset_seconds == 0

@@ -254,6 +254,30 @@ class CredentialRotated(EventData):
     rotated_at: Time = Field(description="When.")
 
 
+class CredentialsRevoked(EventData):
+    """The redeemer revoked a scanner's credentials, by id: they stop working everywhere."""
+
+    # Decided by the redeemer's own order, not by any clock: it names every credential of the
+    # scanner it had issued, still live, when it applied the cause (a ScannerDeauthorised).
+
+    topic: ClassVar[str] = PUBLIC_TOPIC
+    producer: ClassVar[str] = "redeemer"
+    scanner_id: str = Field(description="Scanner id.")
+    org_id: str = Field(description="The scanner's organisation.")
+    credential_ids: list[str] = Field(
+        max_length=10_000,
+        description="Ids of the credentials revoked (possibly none: the scanner had no live "
+        "credential). Each stops working at once, whenever it was issued.",
+    )
+    reason: str = Field(
+        description="Why: the cause's reason, e.g. deauthorised or scanner_removed."
+    )
+    revoked_at: Time = Field(description="When the redeemer revoked them (its own clock).")
+    cause_event_id: str | None = Field(
+        None, description="Id of the event that caused it (the ScannerDeauthorised)."
+    )
+
+
 class AuthorisationRejected(EventData):
     """A redemption attempt failed. Never carries the attempted code."""
 
@@ -347,6 +371,7 @@ EVENT_TYPES: dict[str, type[EventData]] = {
         ScannerAuthorised,
         ScannerDeauthorised,
         CredentialRotated,
+        CredentialsRevoked,
         AuthorisationRejected,
         TokenEmailRequested,
         NotificationSent,

@@ -57,6 +57,7 @@ STATUSES: dict[type[Refusal], int] = {
     domain.RateLimited: 429,
     domain.NotAuthenticated: 401,
     domain.CannotRotate: 403,
+    domain.RotationLimited: 429,
 }
 
 
@@ -211,6 +212,13 @@ _ROTATE_RESPONSES: dict[int | str, dict[str, Any]] = {
     403: {
         "description": "The credential was replaced, revoked or already rotated.",
         "content": {PROBLEM: {}},
+    },
+    429: {
+        "description": "The scanner rotated its credential too often (ROTATION_LIMIT_PER_HOUR "
+        "within the last hour); `Retry-After` says when it may rotate again. The credential "
+        "presented keeps working.",
+        "content": {PROBLEM: {}},
+        "headers": _RETRY_AFTER,
     },
     503: _UNAVAILABLE,
 }

@@ -9,7 +9,12 @@ from fastapi import FastAPI
 
 from scanner_auth_shared.api import Refusal, fastapi_app, refusals
 from scanner_auth_shared.consumer import subscribe
-from scanner_auth_shared.events import AuthorisationRejected, CredentialRotated, ScannerAuthorised
+from scanner_auth_shared.events import (
+    AuthorisationRejected,
+    CredentialRotated,
+    CredentialsRevoked,
+    ScannerAuthorised,
+)
 from scanner_auth_shared.http import parse_networks
 from scanner_auth_shared.messaging import create_broker
 from scanner_auth_shared.runtime import ServiceRuntime
@@ -21,7 +26,7 @@ from .settings import Settings
 NAME = "redeemer"
 SOURCE = "scanner-auth/redeemer"  # of its events
 # What it publishes through its outbox (the AsyncAPI document: `scanner-auth contracts`).
-PUBLISHES = (ScannerAuthorised, CredentialRotated, AuthorisationRejected)
+PUBLISHES = (ScannerAuthorised, CredentialRotated, CredentialsRevoked, AuthorisationRejected)
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
@@ -35,6 +40,7 @@ def config(settings: Settings) -> handlers.Config:
             address_window=timedelta(seconds=settings.address_window_seconds),
         ),
         rotation_grace=timedelta(seconds=settings.credential_rotation_grace_seconds),
+        rotation_limit_per_hour=settings.rotation_limit_per_hour,
     )
 
 

@@ -99,6 +99,19 @@ class NotAuthenticated(Refusal):
         self.headers = {"WWW-Authenticate": "Bearer"}
 
 
+class RotationLimited(Refusal):
+    """The scanner rotated its credential `limit` times within the last hour: it may rotate
+    again in `retry_after` seconds (each rotation adds a credential, a gate row in every
+    replica and an event, and leaves the old credential working for its grace period)."""
+
+    outcome = "rate_limited"
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("too many credential rotations; try again later")
+        self.retry_after = retry_after
+        self.headers = {"Retry-After": str(retry_after)}
+
+
 class CannotRotate(Refusal):
     """A credential this service issued that may no longer rotate (replaced, revoked, already
     rotated out: in its grace period or past it)."""
@@ -346,3 +359,20 @@ def standing(status: CredentialStatus, valid_until: datetime | None, now: dateti
     if status == "rotating" and valid_until is not None and valid_until > now:
         return "grace"
     return "ended"
+
+
+ROTATION_WINDOW = timedelta(hours=1)
+
+
+def rotation_retry_after(
+    recent: list[datetime], now: datetime, limit: int, window: timedelta = ROTATION_WINDOW
+) -> int | None:
+    """Whole seconds until one more rotation is allowed, given the issue times of the
+    scanner's rotated-in credentials (`recent`, any order): None while fewer than `limit` fall
+    within the sliding `window` ending at `now`."""
+    inside = sorted(t for t in recent if t > now - window)
+    if len(inside) < limit:
+        return None
+    # The rotation that must leave the window before one more fits in it.
+    frees_at = inside[len(inside) - limit] + window
+    return max(1, math.ceil((frees_at - now).total_seconds()))

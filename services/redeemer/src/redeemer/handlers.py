@@ -23,6 +23,7 @@ from scanner_auth_shared.events import (
     AuthorisationRejected,
     CloudEvent,
     CredentialRotated,
+    CredentialsRevoked,
     ScannerAuthorised,
     ScannerDeauthorised,
     ScannerRegistered,
@@ -46,6 +47,8 @@ class Config:
     pepper: bytes = field(repr=False)  # TOKEN_PEPPER: the key of code digests
     throttle: domain.ThrottlePolicy = field(default_factory=domain.ThrottlePolicy)
     rotation_grace: timedelta = timedelta(hours=1)
+    # At most this many rotations per scanner within any hour (ROTATION_LIMIT_PER_HOUR).
+    rotation_limit_per_hour: int = 6
     # The one piece of state the use cases share, per replica: refusals while locked out,
     # reported together (domain.RejectionTally).
     rejections: domain.RejectionTally = field(default_factory=domain.RejectionTally)
@@ -270,10 +273,11 @@ def _new_credential(
 
 async def rotate_credential(uow: UnitOfWork, config: Config, presented: str | None) -> Rotated:
     """Exchange the scanner's current credential for a new one; the old one enters its grace
-    period. Raises NotAuthenticated or CannotRotate."""
+    period. Raises NotAuthenticated, CannotRotate, or RotationLimited (the scanner rotated
+    `rotation_limit_per_hour` times within the last hour)."""
     try:
-        rotated = await _rotate(uow, config.rotation_grace, presented)
-    except (domain.NotAuthenticated, domain.CannotRotate) as refused:
+        rotated = await _rotate(uow, config, presented)
+    except (domain.NotAuthenticated, domain.CannotRotate, domain.RotationLimited) as refused:
         metrics.ROTATIONS.labels(refused.outcome).inc()
         raise
     metrics.ROTATIONS.labels("rotated").inc()
@@ -288,7 +292,7 @@ async def rotate_credential(uow: UnitOfWork, config: Config, presented: str | No
     return rotated
 
 
-async def _rotate(uow: UnitOfWork, grace: timedelta, presented: str | None) -> Rotated:
+async def _rotate(uow: UnitOfWork, config: Config, presented: str | None) -> Rotated:
     digest = _digest_of(presented)
     async with uow:
         found = await _issued_credential(uow, digest)
@@ -296,7 +300,14 @@ async def _rotate(uow: UnitOfWork, grace: timedelta, presented: str | None) -> R
         current = await uow.credentials.by_id(found.credential_id)  # again, under the lock
         if current is None or current.standing(stamp) != "current":
             raise domain.CannotRotate()
-        valid_until = stamp + grace
+        # Under the scanner's lock: parallel rotations cannot both pass the count.
+        recent = await uow.credentials.rotations_since(
+            current.scanner_id, stamp - domain.ROTATION_WINDOW
+        )
+        wait = domain.rotation_retry_after(recent, stamp, config.rotation_limit_per_hour)
+        if wait is not None:
+            raise domain.RotationLimited(wait)
+        valid_until = stamp + config.rotation_grace
         await uow.credentials.start_grace(current.credential_id, valid_until)
         new, secret = _new_credential(
             current.scanner_id, current.org_id, stamp, previous_credential_id=current.credential_id
@@ -394,17 +405,32 @@ async def on_token_expired(uow: UnitOfWork, event: CloudEvent, data: TokenExpire
 async def on_scanner_deauthorised(
     uow: UnitOfWork, event: CloudEvent, data: ScannerDeauthorised
 ) -> None:
-    """Every credential of the scanner issued up to `deauthorised_at` is revoked, and the one it
-    names whenever it was issued (fail closed); a credential issued later is stamped after it."""
-    await uow.credentials.deauthorised(data.scanner_id, data.deauthorised_at)
-    revoked = await uow.credentials.revoke_issued_up_to(
-        data.scanner_id, data.deauthorised_at, data.credential_id
+    """Every live credential of the scanner, whenever it was issued, is revoked, and
+    `CredentialsRevoked` names them (same transaction, through the outbox).
+
+    Decided by this service's own order, never by comparing `deauthorised_at` (the
+    token-issuer's clock) with issue times (ours): under the scanner's lock, every credential
+    issued before this transaction is live or already ended, and one issued after it (a new
+    redemption) is not touched. The event is emitted even when nothing was live, so that every
+    consumer learns the deauthorisation was applied (and the gate closes any credential it
+    knows for the scanner: one the redeemer never issued included)."""
+    revoked_at = await uow.credentials.lock_scanner(data.scanner_id)
+    revoked = await uow.credentials.revoke_live(data.scanner_id)
+    uow.emit(
+        CredentialsRevoked(
+            scanner_id=data.scanner_id,
+            org_id=data.org_id,
+            credential_ids=revoked,
+            reason=data.reason,
+            revoked_at=revoked_at,
+            cause_event_id=event.id,
+        )
     )
     # Counted when applied: a batch retried after an outage counts its revocations again.
-    metrics.CREDENTIALS_REVOKED.inc(revoked)
+    metrics.CREDENTIALS_REVOKED.inc(len(revoked))
     log.info(
         "scanner deauthorised",
-        extra={"scanner_id": data.scanner_id, "credentials_revoked": revoked},
+        extra={"scanner_id": data.scanner_id, "credentials_revoked": len(revoked)},
     )
 
 

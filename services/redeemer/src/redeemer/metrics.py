@@ -17,7 +17,7 @@ LOCKOUTS = Counter(
 )
 ROTATIONS = Counter(
     "scanner_auth_redeemer_rotations_total",
-    "Credential rotation requests by outcome (rotated, unauthenticated, forbidden)",
+    "Credential rotation requests by outcome (rotated, unauthenticated, forbidden, rate_limited)",
     ["outcome"],
 )
 CREDENTIALS_REVOKED = Counter(

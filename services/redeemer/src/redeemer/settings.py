@@ -20,6 +20,11 @@ class Settings(DatabaseSettings):
     credential_rotation_grace_seconds: int = Field(
         3600, ge=0, description="how long a rotated-out credential keeps working"
     )
+    rotation_limit_per_hour: int = Field(
+        6,
+        ge=1,
+        description="rotations a scanner may make within any hour; more are refused (429)",
+    )
     serial_lockout_failures: int = Field(
         5, ge=1, description="consecutive failed attempts that lock a serial number"
     )

@@ -18,6 +18,7 @@ from scanner_auth_shared.messaging import create_broker
 from scanner_auth_shared.postgres import Database
 from scanner_auth_shared.runtime import ServiceRuntime
 
+from . import handlers
 from .adapters.gate import CredentialGate
 from .adapters.gate_sync import APPLICATION_NAME, NOTIFY_CHANNEL, GateSync
 from .adapters.kafka import KafkaScanPublisher
@@ -52,6 +53,17 @@ def build(settings: Settings) -> ServiceRuntime:
 
     # Writer: one consumer group applies authorisation events to the gate's table.
     subscribe(broker, settings, GATE_WRITER, lambda: _gate_unit_of_work(database))
+
+    # Retention: credentials past any use are forgotten (every replica runs it: one indexed
+    # DELETE, idempotent; its memory follows at the next full load).
+    async def purge_ended() -> None:
+        await handlers.purge_ended(
+            _gate_unit_of_work(database),
+            rotated_after=settings.gate_rotated_retention_seconds,
+            ended_after=settings.gate_ended_retention_seconds,
+        )
+
+    runtime.periodically("gate-retention", settings.gate_purge_interval_seconds, purge_ended)
 
     # Reader (every replica): the table in memory, followed through LISTEN/NOTIFY.
     gate = CredentialGate()

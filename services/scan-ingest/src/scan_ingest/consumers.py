@@ -6,8 +6,8 @@ from scanner_auth_shared.consumer import Consumer
 from scanner_auth_shared.events import (
     PUBLIC_TOPIC,
     CredentialRotated,
+    CredentialsRevoked,
     ScannerAuthorised,
-    ScannerDeauthorised,
 )
 
 from . import handlers
@@ -25,9 +25,10 @@ GATE_WRITER: Consumer[GateUnitOfWork] = Consumer(
     handlers={
         ScannerAuthorised: handlers.on_scanner_authorised,
         CredentialRotated: handlers.on_credential_rotated,
-        ScannerDeauthorised: handlers.on_scanner_deauthorised,
+        CredentialsRevoked: handlers.on_credentials_revoked,
     },
-    description="Applies ScannerAuthorised, CredentialRotated and ScannerDeauthorised to the "
-    "gate's credential table and notifies every replica.",
+    description="Applies ScannerAuthorised, CredentialRotated and CredentialsRevoked to the "
+    "gate's credential table and notifies every replica. (ScannerDeauthorised closes nothing "
+    "here: the redeemer answers it with CredentialsRevoked, naming the credentials.)",
     wait_ms=GATE_FETCH_MAX_WAIT_MS,
 )

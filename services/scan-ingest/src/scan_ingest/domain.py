@@ -2,7 +2,8 @@
 
 - Which credentials of a scanner work, derived from the facts the public topic announced
   (`derive_standings`, `changed_standings`): a function of the set of facts, so the order in
-  which the events arrive, and how often, does not matter.
+  which the events arrive, and how often, does not matter; and a final standing (replaced,
+  revoked) is never undone, so that purging old rows cannot reopen a credential.
 - Whether a credential in the gate admits an upload now (`admits`), and the refusal when it
   does not (`refusal_for`).
 - What an upload's body must be (`scan_id_of`): a JSON object; its scan id the client's, or a
@@ -43,7 +44,7 @@ class CredentialState(IntEnum):
     ACTIVE = 0
     ROTATING = 1  # replaced by rotation; works until its valid_until
     REPLACED = 2  # the scanner was authorised again with a newer credential
-    REVOKED = 3  # the scanner was deauthorised after this credential was issued
+    REVOKED = 3  # named by a CredentialsRevoked (the scanner was deauthorised)
 
     @property
     def label(self) -> str:
@@ -86,16 +87,17 @@ class ScannerFacts:
 
     credentials: list[CredentialFact]
     standings: dict[bytes, Standing]
-    deauthorised_at: datetime | None
+    # Credential ids a CredentialsRevoked named (or closed: see handlers.on_credentials_revoked)
+    revoked: frozenset[str] = frozenset()
 
 
 def derive_standings(
-    facts: Iterable[CredentialFact], deauthorised_at: datetime | None
+    facts: Iterable[CredentialFact], revoked: frozenset[str] = frozenset()
 ) -> dict[bytes, Standing]:
     """The standing of each of one scanner's credentials, from everything known about it.
 
-    - revoked: issued at or before the scanner's latest deauthorisation (fail closed: a
-      deauthorisation also covers a credential whose announcement arrives after it);
+    - revoked: its id was revoked (a `CredentialsRevoked` named it), whenever it was issued and
+      whichever arrived first: no clock is compared (issue 18);
     - replaced: issued before the scanner's latest authorisation (a redemption replaces every
       earlier credential, rotated ones included);
     - a rotated credential whose predecessor was already revoked or replaced inherits that (it
@@ -115,7 +117,7 @@ def derive_standings(
         predecessor = (
             by_id.get(fact.previous_credential_id) if fact.previous_credential_id else None
         )
-        if deauthorised_at is not None and fact.issued_at <= deauthorised_at:
+        if fact.credential_id in revoked:
             standing = Standing(CredentialState.REVOKED)
         elif latest_authorisation is not None and fact.order < latest_authorisation:
             standing = Standing(CredentialState.REPLACED)
@@ -142,9 +144,20 @@ def _grace_periods(facts: Iterable[CredentialFact]) -> dict[str, datetime]:
 
 
 def changed_standings(known: ScannerFacts) -> dict[bytes, Standing]:
-    """The standings to store: those derived from the facts that differ from the stored ones."""
-    derived = derive_standings(known.credentials, known.deauthorised_at)
-    return {d: s for d, s in derived.items() if known.standings.get(d) != s}
+    """The standings to store: those derived from the facts that differ from the stored ones.
+
+    A stored final standing (replaced, revoked) is never lowered: no later fact can legitimately
+    undo it, and the facts that made it so may have been purged since (`GATE_*_RETENTION`)."""
+    derived = derive_standings(known.credentials, known.revoked)
+    changed = {}
+    for digest, standing in derived.items():
+        stored = known.standings.get(digest)
+        if stored == standing:
+            continue
+        if stored is not None and CredentialState.REPLACED <= stored.state >= standing.state:
+            continue  # final, and not made more final
+        changed[digest] = standing
+    return changed
 
 
 # ------------------------------------------------------------------------------ admission

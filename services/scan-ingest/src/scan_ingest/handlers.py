@@ -20,8 +20,8 @@ from datetime import datetime
 from scanner_auth_shared.events import (
     CloudEvent,
     CredentialRotated,
+    CredentialsRevoked,
     ScannerAuthorised,
-    ScannerDeauthorised,
     rfc3339,
 )
 
@@ -30,9 +30,11 @@ from .domain import (
     MAX_CREDENTIAL_LENGTH,
     Admission,
     CredentialFact,
+    CredentialState,
     GateLoading,
     NoCredential,
     ScanNotStored,
+    Standing,
     UnknownCredential,
     changed_standings,
     refusal_for,
@@ -71,12 +73,55 @@ async def on_credential_rotated(
     await _learn_credential(uow, event, data.scanner_id, data.org_id, fact)
 
 
-async def on_scanner_deauthorised(
-    uow: GateUnitOfWork, event: CloudEvent, data: ScannerDeauthorised
+async def on_credentials_revoked(
+    uow: GateUnitOfWork, event: CloudEvent, data: CredentialsRevoked
 ) -> None:
+    """The credentials the redeemer revoked stop working: exactly the ids it names, whenever
+    they were issued and whether or not their announcement has arrived yet (issue 18: by
+    identity, decided by the redeemer's order; no clock compared).
+
+    And every credential of the scanner this gate still holds as working (active or rotating)
+    when it applies the event: the topic delivers a scanner's events in the order the redeemer
+    committed them (one producer, one key, one partition), so every credential the redeemer
+    issued before the revocation is named, and one issued after it has not been announced yet.
+    A working credential the gate knows but the redeemer did not name was never issued by the
+    redeemer (a forged ScannerAuthorised, say): closing it too is failing closed.
+
+    `ScannerDeauthorised` itself closes nothing here any more: the gate waits for the
+    redeemer's `CredentialsRevoked` (one more hop, measured in tests/e2e)."""
     await uow.credentials.lock_scanner(data.scanner_id)
-    await uow.credentials.record_deauthorisation(data.scanner_id, data.deauthorised_at)
+    known = await uow.credentials.facts(data.scanner_id)
+    working = {
+        fact.credential_id
+        for fact in known.credentials
+        if known.standings.get(fact.digest, _WORKING).state <= CredentialState.ROTATING
+    }
+    unnamed = working - set(data.credential_ids)
+    if unnamed:
+        gate_log.warning(
+            "credentials the redeemer did not name closed with its revocation",
+            extra={"scanner_id": data.scanner_id, "credential_ids": sorted(unnamed)},
+        )
+    await uow.credentials.record_revocations(data.scanner_id, {*data.credential_ids, *working})
     await _restand(uow, event, data.scanner_id, learned=False)
+
+
+_WORKING = Standing(CredentialState.ACTIVE)
+
+
+async def purge_ended(uow: GateUnitOfWork, *, rotated_after: float, ended_after: float) -> int:
+    """Forget credentials past any use (retention): rotated-out ones once their grace ended
+    (plus `rotated_after`), replaced and revoked ones `ended_after` seconds after they ended.
+    A forgotten credential answers 401 like one never issued; every replica's memory drops it
+    at its next full load (GATE_RESYNC_SECONDS)."""
+    async with uow:
+        gone = await uow.credentials.purge_ended(
+            rotated_after=rotated_after, ended_after=ended_after
+        )
+        await uow.commit()
+    if gone:
+        gate_log.info("ended credentials forgotten", extra={"credentials": gone})
+    return gone
 
 
 async def _learn_credential(

@@ -27,3 +27,18 @@ class Settings(DatabaseSettings):
     publish_retry_after_seconds: int = Field(
         5, ge=1, description="Retry-After of the 503 answered while Kafka cannot take an upload."
     )
+    gate_rotated_retention_seconds: float = Field(
+        0.0,
+        ge=0,
+        description="A rotated-out credential is forgotten this long after its grace ended "
+        "(then 401, not 403).",
+    )
+    gate_ended_retention_seconds: float = Field(
+        30 * 86_400.0,
+        ge=0,
+        description="A replaced or revoked credential is forgotten this long after it ended "
+        "(it answers 403 until then, 401 after).",
+    )
+    gate_purge_interval_seconds: float = Field(
+        300.0, gt=0, description="How often ended credentials are purged from the gate's table."
+    )

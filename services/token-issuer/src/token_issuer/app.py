@@ -4,6 +4,8 @@ web page). Nothing connects here: `ServiceRuntime.start()` does."""
 
 from __future__ import annotations
 
+import logging
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from scanner_auth_shared.api import fastapi_app
@@ -16,6 +18,7 @@ from scanner_auth_shared.events import (
     TokenExpired,
     TokenIssued,
     TokenRevoked,
+    utcnow,
 )
 from scanner_auth_shared.messaging import create_broker
 from scanner_auth_shared.runtime import ServiceRuntime
@@ -46,7 +49,24 @@ def context(settings: Settings) -> handlers.Context:
         ttl_seconds=settings.token_ttl_seconds,
         principals=RecentPrincipals(settings.principal_record_interval_seconds),
         sweep_batch=settings.expiry_sweep_batch_size,
+        clock=clock(settings.test_clock_offset_seconds),
     )
+
+
+def clock(offset_seconds: float) -> handlers.Clock:
+    """The use cases' clock: the machine's, or (tests only) skewed by `offset_seconds`."""
+    if not offset_seconds:
+        return utcnow
+    logging.getLogger("scanner_auth.token_issuer").warning(
+        "TEST_CLOCK_OFFSET_SECONDS: this token-issuer's clock is skewed",
+        extra={"offset_seconds": offset_seconds},
+    )
+    offset = timedelta(seconds=offset_seconds)
+
+    def skewed() -> datetime:
+        return utcnow() + offset
+
+    return skewed
 
 
 def build(settings: Settings) -> ServiceRuntime:

@@ -52,6 +52,19 @@ class Settings(DatabaseSettings):
         None, description="`scanner-auth dev` only: the demo users' JWTs for the /ui/ picker"
     )
 
+    # Tests only: the token-issuer's clock runs this many seconds ahead (negative: behind) of
+    # the machine's, to prove that nothing downstream depends on it agreeing with the other
+    # services' clocks (issue 18; tests/e2e/test_clock_skew.py). Refused with
+    # KAFKA_IDEMPOTENCE=required, which the production overlay sets.
+    test_clock_offset_seconds: float = Field(0.0, ge=-3600, le=3600)
+
+    @field_validator("test_clock_offset_seconds")
+    @classmethod
+    def _no_skew_in_production(cls, value: float, info: ValidationInfo) -> float:
+        if value and info.data.get("kafka_idempotence") == "required":
+            raise ValueError("is for tests only; refused with KAFKA_IDEMPOTENCE=required")
+        return value
+
     @field_validator("ui_host_origins")
     @classmethod
     def _host_origins(cls, value: str) -> str:

@@ -26,7 +26,6 @@ from ..domain import (
     TokenView,
 )
 
-MICROSECOND = timedelta(microseconds=1)
 _NEVER = datetime.min.replace(tzinfo=UTC)
 
 
@@ -55,8 +54,8 @@ class Store(MemoryStore):
     clock: datetime = field(default_factory=lambda: datetime(2025, 5, 1, 12, 0, tzinfo=UTC))
     tokens: dict[str, TokenRow] = field(default_factory=dict)
     scanners: dict[str, ScannerRow] = field(default_factory=dict)
-    # scanner_credential_state: scanner id -> its latest deauthorisation (None: never)
-    deauthorised_at: dict[str, datetime | None] = field(default_factory=dict)
+    # scanner_credential_state: the scanners that have one
+    credential_states: set[str] = field(default_factory=set)
     credentials: dict[str, Credential] = field(default_factory=dict)
     # throttles: key -> (state, updated_at)
     serials: dict[str, tuple[SerialThrottle, datetime]] = field(default_factory=dict)
@@ -208,13 +207,8 @@ class MemoryCredentials:
         self.store = store
 
     async def lock_scanner(self, scanner_id: str) -> datetime:
-        deauthorised = self.store.deauthorised_at.setdefault(scanner_id, None)
-        now = self.store.clock
-        return now if deauthorised is None else max(now, deauthorised + MICROSECOND)
-
-    async def deauthorised(self, scanner_id: str, at: datetime) -> None:
-        before = self.store.deauthorised_at.get(scanner_id)
-        self.store.deauthorised_at[scanner_id] = at if before is None else max(before, at)
+        self.store.credential_states.add(scanner_id)
+        return self.store.clock
 
     def _live(self, scanner_id: str) -> list[Credential]:
         return [
@@ -223,17 +217,20 @@ class MemoryCredentials:
             if c.scanner_id == scanner_id and c.status in ("active", "rotating")
         ]
 
-    async def revoke_issued_up_to(
-        self, scanner_id: str, at: datetime, credential_id: str | None
-    ) -> int:
-        ending = [
-            c
-            for c in self._live(scanner_id)
-            if c.issued_at <= at or c.credential_id == credential_id
-        ]
+    async def revoke_live(self, scanner_id: str) -> list[str]:
+        ending = self._live(scanner_id)
         for c in ending:
             self.store.credentials[c.credential_id] = dataclasses.replace(c, status="revoked")
-        return len(ending)
+        return sorted(c.credential_id for c in ending)
+
+    async def rotations_since(self, scanner_id: str, since: datetime) -> list[datetime]:
+        return [
+            c.issued_at
+            for c in self.store.credentials.values()
+            if c.scanner_id == scanner_id
+            and c.previous_credential_id is not None
+            and c.issued_at > since
+        ]
 
     async def replace_live(self, scanner_id: str, at: datetime) -> int:
         live = self._live(scanner_id)

@@ -107,20 +107,19 @@ class Credentials(Protocol):
 
     async def lock_scanner(self, scanner_id: str) -> datetime:
         """Lock the scanner's credential state (creating it) until commit: every change of the
-        scanner's credentials, and every event about the scanner, comes after it. Returns the
-        time to stamp a new credential with: strictly after any deauthorisation already
-        applied, whatever the skew between the token-issuer's clock and ours."""
+        scanner's credentials, and every event about the scanner, comes after it (so the
+        outbox publishes them in this order). Returns the time to stamp a new credential with:
+        the database's clock."""
         ...
 
-    async def deauthorised(self, scanner_id: str, at: datetime) -> None:
-        """Remember the scanner's latest deauthorisation time (locking its state row)."""
+    async def revoke_live(self, scanner_id: str) -> list[str]:
+        """Revoke every live (active or rotating) credential of the scanner, whenever it was
+        issued: the ids revoked, sorted."""
         ...
 
-    async def revoke_issued_up_to(
-        self, scanner_id: str, at: datetime, credential_id: str | None
-    ) -> int:
-        """Revoke the scanner's live credentials issued at or before `at`, and the one named
-        whenever it was issued. Returns how many."""
+    async def rotations_since(self, scanner_id: str, since: datetime) -> list[datetime]:
+        """The issue times of the scanner's credentials that came from a rotation, issued
+        after `since` (the rotation limit)."""
         ...
 
     async def replace_live(self, scanner_id: str, at: datetime) -> int:

@@ -228,23 +228,22 @@ class Scanners:
 
 # ------------------------------------------------------------------------------------ credentials
 
-# Insert-or-lock the scanner's credential state; a new credential is stamped strictly after any
-# deauthorisation already applied, whatever the skew between the two services' clocks.
+# Insert-or-lock the scanner's credential state. (Its deauthorised_at column is no longer
+# written: a deauthorisation is applied in this service's own order, not by time; issue 18.)
 LOCK_SCANNER = """
     INSERT INTO scanner_credential_state (scanner_id) VALUES ($1)
     ON CONFLICT (scanner_id) DO UPDATE SET updated_at = now()
-    RETURNING GREATEST(clock_timestamp(), deauthorised_at + interval '1 microsecond')
+    RETURNING clock_timestamp()
 """
-DEAUTHORISED = """
-    INSERT INTO scanner_credential_state (scanner_id, deauthorised_at) VALUES ($1, $2)
-    ON CONFLICT (scanner_id) DO UPDATE SET updated_at = now(),
-        deauthorised_at = GREATEST(scanner_credential_state.deauthorised_at,
-                                   EXCLUDED.deauthorised_at)
-"""
-REVOKE_ISSUED_UP_TO = """
+REVOKE_LIVE = """
     UPDATE credentials SET status = 'revoked', ended_at = clock_timestamp()
     WHERE scanner_id = $1 AND status IN ('active', 'rotating')
-      AND (issued_at <= $2 OR credential_id = $3)
+    RETURNING credential_id
+"""
+# Index credentials_rotations_by_scanner.
+ROTATIONS_SINCE = """
+    SELECT issued_at FROM credentials
+    WHERE scanner_id = $1 AND previous_credential_id IS NOT NULL AND issued_at > $2
 """
 REPLACE_LIVE = """
     UPDATE credentials SET status = 'replaced', ended_at = $2
@@ -280,13 +279,13 @@ class Credentials:
         stamp: datetime = await self.conn.fetchval(LOCK_SCANNER, scanner_id)
         return stamp
 
-    async def deauthorised(self, scanner_id: str, at: datetime) -> None:
-        await self.conn.execute(DEAUTHORISED, scanner_id, at)
+    async def revoke_live(self, scanner_id: str) -> list[str]:
+        rows = await self.conn.fetch(REVOKE_LIVE, scanner_id)
+        return sorted(row["credential_id"] for row in rows)
 
-    async def revoke_issued_up_to(
-        self, scanner_id: str, at: datetime, credential_id: str | None
-    ) -> int:
-        return _rows(await self.conn.execute(REVOKE_ISSUED_UP_TO, scanner_id, at, credential_id))
+    async def rotations_since(self, scanner_id: str, since: datetime) -> list[datetime]:
+        rows = await self.conn.fetch(ROTATIONS_SINCE, scanner_id, since)
+        return [row["issued_at"] for row in rows]
 
     async def replace_live(self, scanner_id: str, at: datetime) -> int:
         return _rows(await self.conn.execute(REPLACE_LIVE, scanner_id, at))

@@ -61,6 +61,8 @@ class ScannerCredentialState(Base, table=True):
 
     __tablename__ = "scanner_credential_state"
     scanner_id: str = Field(sa_type=Text, primary_key=True)
+    # No longer written (issue 18: a deauthorisation is applied in this service's order, not
+    # compared by time); kept so that the schema only grows.
     deauthorised_at: datetime | None = Field(default=None, sa_column=_tz())
     updated_at: datetime = Field(sa_column=_tz(nullable=False))
 
@@ -74,6 +76,13 @@ class Credential(Base, table=True):
             "credentials_live_by_scanner",
             "scanner_id",
             postgresql_where=text("status IN ('active', 'rotating')"),
+        ),
+        # The rotation limit counts a scanner's recent rotations (ROTATION_LIMIT_PER_HOUR).
+        Index(
+            "credentials_rotations_by_scanner",
+            "scanner_id",
+            "issued_at",
+            postgresql_where=text("previous_credential_id IS NOT NULL"),
         ),
     )
     credential_id: str = Field(sa_type=Text, primary_key=True)

@@ -1,7 +1,7 @@
 """scan-ingest's ports: what its use cases (handlers.py) and its gate sync need from the outside.
 
 - `GateCredentials`: the credential facts and standings (`gate_credentials`,
-  `gate_deauthorisations`): the gate writer's side (one scanner at a time, in a unit of work)
+  `gate_revocations`): the gate writer's side (one scanner at a time, in a unit of work)
   and the readers' side (every row, or some scanners' rows, for the gate in memory).
   PostgreSQL: `postgres.PostgresGateCredentials`; in memory: `memory.MemoryGateCredentials`.
 - `GateUnitOfWork`: the unit of work of the gate writer's consumer.
@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from datetime import datetime
 from typing import Any, Protocol
 
 from scanner_auth_shared.uow import UnitOfWork
@@ -36,18 +35,27 @@ class GateCredentials(Protocol):
         """Record a credential as `active`; False (nothing changed) when its digest is known."""
         ...
 
-    async def record_deauthorisation(self, scanner_id: str, at: datetime) -> None:
-        """Keep the scanner's latest deauthorisation time (an earlier one changes nothing)."""
+    async def record_revocations(self, scanner_id: str, credential_ids: Iterable[str]) -> None:
+        """Remember these credential ids of the scanner as revoked (an id already known as
+        revoked, or not yet announced, is fine: the fact stands on its own)."""
         ...
 
     async def facts(self, scanner_id: str) -> ScannerFacts:
-        """Every credential fact of the scanner, their stored standings, its deauthorisation."""
+        """Every credential fact of the scanner, their stored standings, its revoked ids."""
         ...
 
     async def set_standing(self, digest: bytes, standing: Standing) -> None: ...
 
     async def notify_replicas(self, scanner_id: str) -> None:
         """Tell every replica's gate, when the unit of work commits, to reload this scanner."""
+        ...
+
+    # ------------------------------------------------------------ retention (in a unit of work)
+
+    async def purge_ended(self, *, rotated_after: float, ended_after: float) -> int:
+        """Forget credentials past any use: rotated-out ones `rotated_after` seconds after their
+        grace ended, replaced and revoked ones `ended_after` seconds after they ended (and
+        revocations as old). How many credentials were forgotten."""
         ...
 
     # ------------------------------------------------------------ the readers (the gate sync)

@@ -1,14 +1,15 @@
 """scan-ingest's repository over asyncpg (SQL with `$n`, one statement per method), and the unit
 of work of the gate writer: the one way to its database.
 
-`gate_credentials` holds one row per credential ever announced (the facts) with its derived
-standing; `gate_deauthorisations` the latest deauthorisation seen per scanner.
+`gate_credentials` holds one row per credential announced (the facts) with its derived
+standing, until the purge forgets it; `gate_revocations` the credential ids a CredentialsRevoked
+closed. (`gate_deauthorisations`, the time-based deauthorisations before issue 18, is no longer
+read or written.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from datetime import datetime
+from collections.abc import Callable, Iterable, Sequence
 
 from scanner_auth_shared.postgres import Connection, Database
 from scanner_auth_shared.uow import PostgresUnitOfWork
@@ -26,20 +27,33 @@ INSERT_CREDENTIAL = """
     ON CONFLICT (credential_digest) DO NOTHING
     RETURNING 1
 """
-RECORD_DEAUTHORISATION = """
-    INSERT INTO gate_deauthorisations (scanner_id, deauthorised_at) VALUES ($1, $2)
-    ON CONFLICT (scanner_id) DO UPDATE
-    SET deauthorised_at = GREATEST(gate_deauthorisations.deauthorised_at, EXCLUDED.deauthorised_at)
+RECORD_REVOCATIONS = """
+    INSERT INTO gate_revocations (credential_id, scanner_id)
+    SELECT unnest($2::text[]), $1
+    ON CONFLICT (credential_id) DO NOTHING
 """
-# The scanner's credentials and its deauthorisation in one round trip: a LEFT JOIN from a
-# one-row VALUES, so that a scanner with a deauthorisation and no credential yet (it arrived
-# first) still returns its time.
+# The scanner's credentials and its revoked ids in one round trip: a LEFT JOIN from a one-row
+# VALUES, so that a scanner with revocations and no credential yet still returns them.
 SCANNER_FACTS = """
-    SELECT d.deauthorised_at, c.credential_digest, c.credential_id, c.issued_at,
+    SELECT (SELECT array_agg(r.credential_id) FROM gate_revocations AS r
+            WHERE r.scanner_id = s.scanner_id) AS revoked,
+           c.credential_digest, c.credential_id, c.issued_at,
            c.previous_credential_id, c.previous_valid_until, c.state, c.valid_until
     FROM (VALUES ($1::text)) AS s (scanner_id)
-    LEFT JOIN gate_deauthorisations AS d ON d.scanner_id = s.scanner_id
     LEFT JOIN gate_credentials AS c ON c.scanner_id = s.scanner_id
+"""
+# Retention: one statement, each arm on its partial index (gate_credentials_rotated_until,
+# gate_credentials_ended), so a purge that finds nothing reads nothing.
+PURGE_ENDED = """
+    WITH gone AS (
+        DELETE FROM gate_credentials
+        WHERE (state = 'rotating' AND valid_until < now() - make_interval(secs => $1))
+           OR (state IN ('replaced', 'revoked') AND updated_at <= now() - make_interval(secs => $2))
+        RETURNING 1
+    ), forgotten AS (
+        DELETE FROM gate_revocations WHERE revoked_at <= now() - make_interval(secs => $2)
+    )
+    SELECT count(*) FROM gone
 """
 SET_STANDING = """
     UPDATE gate_credentials SET state = $2, valid_until = $3, updated_at = now()
@@ -77,8 +91,8 @@ class PostgresGateCredentials:
         )
         return inserted is not None
 
-    async def record_deauthorisation(self, scanner_id: str, at: datetime) -> None:
-        await self.conn.execute(RECORD_DEAUTHORISATION, scanner_id, at)
+    async def record_revocations(self, scanner_id: str, credential_ids: Iterable[str]) -> None:
+        await self.conn.execute(RECORD_REVOCATIONS, scanner_id, sorted(set(credential_ids)))
 
     async def facts(self, scanner_id: str) -> ScannerFacts:
         rows = await self.conn.fetch(SCANNER_FACTS, scanner_id)
@@ -100,7 +114,7 @@ class PostgresGateCredentials:
             for row in rows
             if row["credential_digest"] is not None
         }
-        return ScannerFacts(credentials, standings, rows[0]["deauthorised_at"])
+        return ScannerFacts(credentials, standings, frozenset(rows[0]["revoked"] or ()))
 
     async def set_standing(self, digest: bytes, standing: Standing) -> None:
         await self.conn.execute(SET_STANDING, digest, standing.state.label, standing.valid_until)
@@ -108,6 +122,10 @@ class PostgresGateCredentials:
     async def notify_replicas(self, scanner_id: str) -> None:
         # Inside the transaction: PostgreSQL delivers it at commit, and not at all on rollback.
         await self.conn.execute(NOTIFY, NOTIFY_CHANNEL, notification_for(scanner_id))
+
+    async def purge_ended(self, *, rotated_after: float, ended_after: float) -> int:
+        gone: int = await self.conn.fetchval(PURGE_ENDED, float(rotated_after), float(ended_after))
+        return gone
 
     async def load_all(self, into: Callable[[Rows], object], *, chunk_rows: int) -> None:
         # The one place rows leave as asyncpg Records: straight into the gate's packer, which

@@ -24,6 +24,18 @@ class GateCredential(Model, table=True):
     __tablename__ = "gate_credentials"
     __table_args__ = (
         Index("gate_credentials_scanner", "scanner_id"),
+        # The purge (retention): rotated-out credentials by the end of their grace, replaced
+        # and revoked ones by when they ended.
+        Index(
+            "gate_credentials_rotated_until",
+            "valid_until",
+            postgresql_where=text("state = 'rotating'"),
+        ),
+        Index(
+            "gate_credentials_ended",
+            "updated_at",
+            postgresql_where=text("state IN ('replaced', 'revoked')"),
+        ),
         CheckConstraint("octet_length(credential_digest) = 32"),
         CheckConstraint("state IN ('active', 'rotating', 'replaced', 'revoked')"),
     )
@@ -44,9 +56,27 @@ class GateCredential(Model, table=True):
     )
 
 
+class GateRevocation(Model, table=True):
+    """A credential id a CredentialsRevoked closed: revoked whenever it was issued, and whether
+    its announcement came before or after (issue 18: by identity, not by clock)."""
+
+    __tablename__ = "gate_revocations"
+    __table_args__ = (
+        Index("gate_revocations_scanner", "scanner_id"),
+        Index("gate_revocations_revoked_at", "revoked_at"),
+    )
+
+    credential_id: str = Field(sa_column=Column(Text, primary_key=True))
+    scanner_id: str = Field(sa_column=Column(Text, nullable=False))
+    revoked_at: datetime = Field(
+        sa_column=Column(DateTime(timezone=True), nullable=False, server_default=text("now()"))
+    )
+
+
 class GateDeauthorisation(Model, table=True):
-    """The latest deauthorisation seen for a scanner: it also covers credentials announced later
-    but issued before it."""
+    """Before issue 18: the latest deauthorisation time seen for a scanner. No longer read or
+    written (a deauthorisation closes credentials by id now); kept while replicas of the previous
+    release may still run, to be dropped by a later migration."""
 
     __tablename__ = "gate_deauthorisations"
 
