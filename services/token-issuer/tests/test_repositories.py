@@ -466,3 +466,38 @@ async def test_the_fake_refuses_an_event_for_a_scanner_whose_row_is_not_locked()
         uow.emit(expired)
         await uow.commit()
     assert store.data(TokenExpired) == [expired]
+
+
+# ------------------------------------------------------------------------------------ email quota
+
+
+async def test_email_requests_tell_when_a_quota_is_full(rig: Rig) -> None:
+    since = T0 - timedelta(hours=1)
+    async with rig.new() as uow:
+        await uow.emails.lock_recipient("a@x")
+        assert await uow.emails.full_since("t1", "a@x", since, per_code=2, per_recipient=3) == (
+            None, None,
+        )  # fmt: skip
+        await uow.emails.add("n0", "t1", "a@x", since)  # on the window's edge: outside it
+        for n, minutes in enumerate((10, 20, 30), start=1):
+            await uow.emails.add(
+                f"n{n}", "t1" if n < 3 else "t2", "a@x", T0 - timedelta(minutes=minutes)
+            )
+        await uow.commit()
+    async with rig.new() as uow:
+        # t1: n1 (-10), n2 (-20) in the window: the 2nd newest is n2; a@x: n1, n2, n3.
+        assert await uow.emails.full_since("t1", "a@x", since, per_code=2, per_recipient=3) == (
+            T0 - timedelta(minutes=20), T0 - timedelta(minutes=30),
+        )  # fmt: skip
+        assert await uow.emails.full_since("t1", "b@x", since, per_code=3, per_recipient=1) == (
+            None, None,
+        )  # fmt: skip
+        assert await uow.emails.full_since("t2", "a@x", since, per_code=1, per_recipient=4) == (
+            T0 - timedelta(minutes=30), None,
+        )  # fmt: skip
+        assert await uow.emails.purge(T0 - timedelta(minutes=25)) == 2  # n0, n3
+        await uow.commit()
+    async with rig.new() as uow:
+        assert await uow.emails.full_since("t2", "a@x", since, per_code=1, per_recipient=2) == (
+            None, T0 - timedelta(minutes=20),
+        )  # fmt: skip
