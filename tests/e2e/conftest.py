@@ -20,11 +20,20 @@ from scanner_auth.devstack import Stack, System
 REPLICATED_ENV: dict[str, dict[str, str]] = {
     "redeemer": {"SERIAL_LOCKOUT_FAILURES": "1000", "ADDRESS_LOCKOUT_FAILURES": "1000"},
 }
+# test_graceful_shutdown.py emails one code to one address every 0.25 s through a restart: the
+# hourly email quotas (5 per code, 10 per address) would answer it 429. Raised here; the
+# quotas themselves are tested in services/token-issuer/tests/test_limits.py and tests/security.
+SYSTEM_ENV: dict[str, dict[str, str]] = {
+    "token-issuer": {
+        "EMAIL_LIMIT_PER_CODE_PER_HOUR": "100000",
+        "EMAIL_LIMIT_PER_RECIPIENT_PER_HOUR": "100000",
+    },
+}
 
 
 @pytest.fixture(scope="module")
 def system(private_tmp: Any) -> Iterator[System]:
-    stack = Stack(private_tmp("stack"))
+    stack = Stack(private_tmp("stack"), extra_env=SYSTEM_ENV)
     try:
         stack.start_infrastructure()
         stack.start_services()

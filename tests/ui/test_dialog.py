@@ -342,9 +342,14 @@ def test_outside_dev_the_page_uses_the_token_the_host_gives_it(
 ) -> None:
     token = system.stack.identity.mint("u-bob", "org-quarry", [], "bob@quarry.example")
 
-    # A #token= fragment: moved to sessionStorage and out of the address bar.
+    # A #token= fragment: out of the address bar at once; used only once the user confirms who
+    # it signs them in as; then in sessionStorage.
     page = pages.watch(pages.context().new_page())
     page.goto(pages.ui + f"#token={token}&next=/scanners/sc-quarry-1")
+    confirm = page.get_by_role("alertdialog", name="Sign in from this link?")
+    expect(confirm).to_contain_text("bob@quarry.example (user u-bob) from organisation org-quarry")
+    assert "token" not in page.url
+    confirm.get_by_role("button", name="Sign in as bob@quarry.example").click()
     expect(page.get_by_role("heading", level=1)).to_have_text("Quarry gate")
     assert "token" not in page.url and page.url.endswith("#/scanners/sc-quarry-1")
     assert page.evaluate("sessionStorage.getItem('scanner-auth.bearer')") == token
@@ -359,6 +364,54 @@ def test_outside_dev_the_page_uses_the_token_the_host_gives_it(
     expect(frame.locator(".scanner-row")).to_contain_text("Quarry gate")
     ui_frame = next(f for f in host.frames if f.url.startswith(pages.ui))
     assert ui_frame.evaluate("sessionStorage.getItem('scanner-auth.bearer')") is None
+
+
+def test_a_sign_in_link_from_someone_else_is_not_used_without_asking(
+    system: System, pages: Any
+) -> None:
+    """Issue 18: /ui/#token=<the attacker's JWT> sent to a victim signed them in as the attacker
+    at once (login CSRF: the victim then emails codes or works in the attacker's account)."""
+    attacker = system.stack.identity.mint(
+        "u-olga", "org-harbour", ["admin"], "olga@harbour.example"
+    )
+    page = pages.watch(pages.context().new_page())
+    page.goto(pages.ui + f"#token={attacker}&next=/scanners/sc-harbour-1")
+    confirm = page.get_by_role("alertdialog", name="Sign in from this link?")
+    expect(confirm).to_contain_text(
+        "olga@harbour.example (user u-olga) from organisation org-harbour"
+    )
+    # Nothing was asked of the API and nothing stored while the question is open.
+    assert page.evaluate("sessionStorage.getItem('scanner-auth.bearer')") is None
+    expect(page.locator("main h1")).to_have_count(0)
+    expect(confirm.get_by_role("button", name="Don't sign in")).to_be_focused()  # the safe one
+    confirm.get_by_role("button", name="Don't sign in").click()
+    expect(page.get_by_role("heading", level=1)).to_have_text("Choose a demo user")  # dev picker
+    assert page.evaluate("sessionStorage.getItem('scanner-auth.bearer')") is None
+    assert "token" not in page.url
+    expect(page.locator(".scanner-row")).to_have_count(0)  # nothing of the sender's account
+
+
+def test_an_email_over_the_hourly_quota_says_when_to_try_again(system: System, pages: Any) -> None:
+    """Issue 18: EMAIL_LIMIT_PER_CODE_PER_HOUR (5) emails of one code, then 429 with Retry-After:
+    the page says so, and when the code can be emailed again."""
+    generate(system, "sc-quarry-2")
+    with system.as_user("ADMIN_JWT") as admin:
+        for _ in range(5):
+            r = admin.post("/v1/scanners/sc-quarry-2/authorisation-token/email", json={})
+            assert r.status_code == 202, r.text
+    page = pages.open("u-alice", "scanners/sc-quarry-2")
+    expect(page.locator("#page-code")).to_have_text(CODE)
+    page.get_by_role("button", name="Email me the code").click()
+    expect(page.locator("main")).to_contain_text(
+        "This code was emailed too many times in the last hour, so MyScanner did not send it again."
+    )
+    expect(page.locator("main")).to_contain_text(
+        re.compile(r"You can email it again in (59|60) minutes \(at \d\d:\d\d\)")
+    )
+    # In the dialog too, sending it to someone else.
+    dialog = open_dialog(page)
+    dialog.get_by_role("button", name="Send", exact=True).click()
+    expect(page.locator("#dialog-error")).to_contain_text("You can email it again in")
 
 
 def test_the_page_is_served_with_a_strict_policy(system: System) -> None:

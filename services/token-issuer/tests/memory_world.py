@@ -136,7 +136,7 @@ class World:
         return await handlers.list_scanners(self.uow(), self.ctx, principal(who))
 
     async def viewers(self, who: Who, scanner_id: str) -> list[Viewer]:
-        return await handlers.list_viewers(self.uow(), principal(who), scanner_id)
+        return await handlers.list_viewers(self.uow(), self.ctx, principal(who), scanner_id)
 
     async def authorisation(self, who: Who, scanner_id: str) -> AuthorisationView:
         return await handlers.show_authorisation(self.uow(), principal(who), scanner_id)

@@ -97,7 +97,7 @@ USE_CASES: dict[str, tuple[UseCase, dict[str, str]]] = {
         {"manage": "ok", "view": "403", "none": "404"},
     ),
     "list who can view": (
-        lambda w, who, s: handlers.list_viewers(w.uow(), principal(who), s),
+        lambda w, who, s: handlers.list_viewers(w.uow(), w.ctx, principal(who), s),
         {"manage": "ok", "view": "403", "none": "404"},
     ),
     "generate a token": (

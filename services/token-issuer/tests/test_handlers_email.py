@@ -3,6 +3,8 @@ the audit row; and the list of people who can view a scanner."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from memory_world import TTL, World
 from token_issuer_support import (
@@ -19,7 +21,12 @@ from token_issuer_support import (
 )
 
 from scanner_auth_shared.crypto import SealBroken, sealed_code_context
-from scanner_auth_shared.events import NOTIFICATIONS_TOPIC, TokenEmailRequested, UserUpserted
+from scanner_auth_shared.events import (
+    NOTIFICATIONS_TOPIC,
+    ScannerAccessGranted,
+    TokenEmailRequested,
+    UserUpserted,
+)
 from token_issuer import domain
 from token_issuer.domain import AuditEntry, Viewer
 
@@ -148,3 +155,72 @@ async def test_who_can_view_a_scanner(emailing: World) -> None:
     assert Viewer(SECOND_ADMIN_A.sub, "Sam Second", "named@a.example") in await w.viewers(
         ADMIN_A, A1
     )
+
+
+# ------------------------------------------------------------------------------ issue 18: limits
+
+
+async def test_one_code_is_emailed_at_most_per_code_times_an_hour(emailing: World) -> None:
+    w = emailing
+    await w.generate(ADMIN_A, A1)
+    per_code = w.ctx.email_quota.per_code
+    for _ in range(per_code):
+        await w.email(ADMIN_A, A1, USER_A.sub)
+        w.clock.advance(minutes=1)
+    with pytest.raises(domain.EmailRateLimited) as refused:
+        await w.email(USER_A, A1)  # another recipient, the same code
+    # The first request leaves the hour in 60 - per_code minutes: a slot frees then.
+    assert refused.value.retry_after_seconds == (60 - per_code) * 60
+    assert refused.value.headers == {"Retry-After": str((60 - per_code) * 60)}
+    assert len(w.store.data(TokenEmailRequested)) == per_code  # nothing for the refused one
+    w.clock.advance(seconds=refused.value.retry_after_seconds)
+    await w.email(USER_A, A1)  # a slot is free
+    with pytest.raises(domain.EmailRateLimited) as again:
+        await w.email(USER_A, A1)
+    assert again.value.retry_after_seconds == 60  # the second request leaves a minute later
+    await w.generate(ADMIN_A, A1)  # a new code has a quota of its own
+    await w.email(USER_A, A1)
+
+
+async def test_one_address_gets_at_most_per_recipient_codes_an_hour(emailing: World) -> None:
+    w = emailing
+    w.ctx = dataclasses.replace(w.ctx, email_quota=domain.EmailQuota(per_code=2, per_recipient=3))
+    sent = 0
+    while sent < 3:  # a new code whenever the code's quota is used, always to USER_A
+        await w.generate(ADMIN_A, A1)
+        for _ in range(min(2, 3 - sent)):
+            await w.email(ADMIN_A, A1, USER_A.sub)
+            sent += 1
+    await w.generate(ADMIN_A, A1)
+    with pytest.raises(domain.EmailRateLimited) as refused:
+        await w.email(ADMIN_A, A1, USER_A.sub)
+    assert refused.value.retry_after_seconds == 3600
+    assert "recipient" in str(refused.value)
+    # The same address written another way is the same mailbox.
+    await w.apply(UserUpserted(user_id="u-alias", org_id="org-a", email="User.A@A.example"))
+    await w.apply(ScannerAccessGranted(scanner_id=A1, user_id="u-alias"))
+    with pytest.raises(domain.EmailRateLimited):
+        await w.email(ADMIN_A, A1, "u-alias")
+    await w.email(ADMIN_A, A1, ADMIN_A.sub)  # someone else still gets it
+
+
+async def test_an_admin_seen_only_in_a_jwt_stops_being_a_recipient(emailing: World) -> None:
+    """SECOND_ADMIN_A is known as an admin only from their JWTs (not in the directory)."""
+    w = emailing
+    ttl = w.ctx.admin_flag_ttl
+    await w.generate(ADMIN_A, A1)
+    await w.email(ADMIN_A, A1, SECOND_ADMIN_A.sub)
+    assert SECOND_ADMIN_A.sub in {v.user_id for v in await w.viewers(ADMIN_A, A1)}
+
+    w.clock.advance(seconds=ttl.total_seconds() + 1)
+    await w.authenticated(ADMIN_A)  # the sender signs in again; the other admin does not
+    with pytest.raises(domain.RecipientRefused):
+        await w.email(ADMIN_A, A1, SECOND_ADMIN_A.sub)
+    assert SECOND_ADMIN_A.sub not in {v.user_id for v in await w.viewers(ADMIN_A, A1)}
+    # A directory event says nothing of roles: it does not bring the flag back.
+    await w.apply(UserUpserted(user_id=SECOND_ADMIN_A.sub, org_id="org-a", email="s@a.example"))
+    with pytest.raises(domain.RecipientRefused):
+        await w.email(ADMIN_A, A1, SECOND_ADMIN_A.sub)
+    # A newer sign-in as admin does.
+    await w.authenticated(SECOND_ADMIN_A)
+    await w.email(ADMIN_A, A1, SECOND_ADMIN_A.sub)

@@ -249,13 +249,13 @@ async def test_what_is_known_of_a_person(rig: Rig) -> None:
     async with rig.new() as uow:
         assert await uow.people.person("u-nobody", "sc-1") is None
         assert await uow.people.person("u-dir", "sc-1") == Person(
-            "u-dir", "org-a", "Dora", "dir@dir.example", has_grant=True, seen_as_admin=False
+            "u-dir", "org-a", "Dora", "dir@dir.example", has_grant=True, admin_seen_at=None
         )
         assert await uow.people.person("u-dir", "sc-2") == Person(
-            "u-dir", "org-a", "Dora", "dir@dir.example", has_grant=False, seen_as_admin=False
+            "u-dir", "org-a", "Dora", "dir@dir.example", has_grant=False, admin_seen_at=None
         )
         assert await uow.people.person("u-seen", "sc-1") == Person(
-            "u-seen", "org-a", "seen@jwt.example", "seen@jwt.example", False, True
+            "u-seen", "org-a", "seen@jwt.example", "seen@jwt.example", False, T0
         )
         await uow.people.revoke_grant("sc-1", "u-dir")
         await uow.people.revoke_grant("sc-1", "u-dir")  # idempotent
@@ -273,12 +273,12 @@ async def test_a_principal_seen_earlier_does_not_replace_one_seen_later(rig: Rig
         await uow.commit()
     async with rig.new() as uow:
         assert await uow.people.person("u", "sc") == Person(
-            "u", "org-a", "new@x", "new@x", False, True
+            "u", "org-a", "new@x", "new@x", False, later
         )
         await uow.people.record_seen(SeenPrincipal("u", "org-b", (), None), later)  # same time
         await uow.commit()
     async with rig.new() as uow:
-        assert await uow.people.person("u", "sc") == Person("u", "org-b", "", None, False, False)
+        assert await uow.people.person("u", "sc") == Person("u", "org-b", "", None, False, None)
 
 
 async def test_who_is_around_a_scanner(rig: Rig) -> None:
@@ -297,10 +297,10 @@ async def test_who_is_around_a_scanner(rig: Rig) -> None:
     async with rig.new() as uow:
         around = await uow.people.around("sc-1", "org-a")
     assert around == [
-        Person("u-a-unknown", None, "", None, has_grant=True, seen_as_admin=False),
-        Person("u-b-granted", "org-a", "Bea", "b@a.example", has_grant=True, seen_as_admin=False),
-        Person("u-c-admin", "org-a", "c@a", "c@a", has_grant=False, seen_as_admin=True),
-        Person("u-e-moved", "org-a", "Eve", None, has_grant=True, seen_as_admin=False),
+        Person("u-a-unknown", None, "", None, has_grant=True, admin_seen_at=None),
+        Person("u-b-granted", "org-a", "Bea", "b@a.example", has_grant=True, admin_seen_at=None),
+        Person("u-c-admin", "org-a", "c@a", "c@a", has_grant=False, admin_seen_at=T0),
+        Person("u-e-moved", "org-a", "Eve", None, has_grant=True, admin_seen_at=None),
     ]
 
 
@@ -466,3 +466,38 @@ async def test_the_fake_refuses_an_event_for_a_scanner_whose_row_is_not_locked()
         uow.emit(expired)
         await uow.commit()
     assert store.data(TokenExpired) == [expired]
+
+
+# ------------------------------------------------------------------------------------ email quota
+
+
+async def test_email_requests_tell_when_a_quota_is_full(rig: Rig) -> None:
+    since = T0 - timedelta(hours=1)
+    async with rig.new() as uow:
+        await uow.emails.lock_recipient("a@x")
+        assert await uow.emails.full_since("t1", "a@x", since, per_code=2, per_recipient=3) == (
+            None, None,
+        )  # fmt: skip
+        await uow.emails.add("n0", "t1", "a@x", since)  # on the window's edge: outside it
+        for n, minutes in enumerate((10, 20, 30), start=1):
+            await uow.emails.add(
+                f"n{n}", "t1" if n < 3 else "t2", "a@x", T0 - timedelta(minutes=minutes)
+            )
+        await uow.commit()
+    async with rig.new() as uow:
+        # t1: n1 (-10), n2 (-20) in the window: the 2nd newest is n2; a@x: n1, n2, n3.
+        assert await uow.emails.full_since("t1", "a@x", since, per_code=2, per_recipient=3) == (
+            T0 - timedelta(minutes=20), T0 - timedelta(minutes=30),
+        )  # fmt: skip
+        assert await uow.emails.full_since("t1", "b@x", since, per_code=3, per_recipient=1) == (
+            None, None,
+        )  # fmt: skip
+        assert await uow.emails.full_since("t2", "a@x", since, per_code=1, per_recipient=4) == (
+            T0 - timedelta(minutes=30), None,
+        )  # fmt: skip
+        assert await uow.emails.purge(T0 - timedelta(minutes=25)) == 2  # n0, n3
+        await uow.commit()
+    async with rig.new() as uow:
+        assert await uow.emails.full_since("t2", "a@x", since, per_code=1, per_recipient=2) == (
+            None, T0 - timedelta(minutes=20),
+        )  # fmt: skip

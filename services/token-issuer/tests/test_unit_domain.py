@@ -58,6 +58,10 @@ def test_what_cannot_be_viewed_is_not_found_and_view_only_is_forbidden_to_manage
     domain.require(MANAGE, manage=True)
 
 
+ADMIN_SEEN = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)  # when `person(admin=True)` last signed in
+SINCE = ADMIN_SEEN - timedelta(hours=1)  # admins seen since then count
+
+
 def person(
     user: str = "u2",
     org: str | None = "org-a",
@@ -65,44 +69,66 @@ def person(
     grant: bool = False,
     admin: bool = False,
     email: str | None = "u2@example.test",
+    admin_seen_at: datetime = ADMIN_SEEN,
 ) -> Person:
     return Person(
-        user_id=user, org_id=org, display_name="", email=email, has_grant=grant, seen_as_admin=admin
+        user_id=user,
+        org_id=org,
+        display_name="",
+        email=email,
+        has_grant=grant,
+        admin_seen_at=admin_seen_at if admin else None,
     )
 
 
 def test_who_else_can_view_a_scanner() -> None:
-    assert domain.person_can_view(person(grant=True), "org-a")
-    assert domain.person_can_view(person(admin=True), "org-a")
-    assert not domain.person_can_view(person(), "org-a")
-    assert not domain.person_can_view(person(org="org-b", grant=True), "org-a")
-    assert not domain.person_can_view(person(org="org-b", admin=True), "org-a")
-    assert not domain.person_can_view(person(org=None, grant=True), "org-a")
+    assert domain.person_can_view(person(grant=True), "org-a", SINCE)
+    assert domain.person_can_view(person(admin=True), "org-a", SINCE)
+    assert not domain.person_can_view(person(), "org-a", SINCE)
+    assert not domain.person_can_view(person(org="org-b", grant=True), "org-a", SINCE)
+    assert not domain.person_can_view(person(org="org-b", admin=True), "org-a", SINCE)
+    assert not domain.person_can_view(person(org=None, grant=True), "org-a", SINCE)
+
+
+def test_an_admin_flag_seen_in_a_jwt_expires() -> None:
+    # Seen as admin exactly at the limit: still counts; a moment before it: no longer.
+    assert domain.person_can_view(person(admin=True, admin_seen_at=SINCE), "org-a", SINCE)
+    stale = person(admin=True, admin_seen_at=SINCE - timedelta(microseconds=1))
+    assert not domain.person_can_view(stale, "org-a", SINCE)
+    assert domain.viewers([stale], "org-a", SINCE) == []
+    with pytest.raises(domain.RecipientRefused):
+        domain.choose_recipient_email(who("org-a", "admin", user="me"), "u2", stale, "org-a", SINCE)
+    # A grant from the directory does not expire.
+    assert domain.person_can_view(
+        person(grant=True, admin=True, admin_seen_at=SINCE - timedelta(days=30)), "org-a", SINCE
+    )
 
 
 def test_recipient_email() -> None:
     caller = who("org-a", user="me", email="me@jwt.example")
     # oneself: the directory's address, else the JWT's
-    assert domain.choose_recipient_email(caller, "me", None, "org-a") == "me@jwt.example"
+    assert domain.choose_recipient_email(caller, "me", None, "org-a", SINCE) == "me@jwt.example"
     assert (
-        domain.choose_recipient_email(caller, "me", person("me", email="me@dir.example"), "org-a")
+        domain.choose_recipient_email(
+            caller, "me", person("me", email="me@dir.example"), "org-a", SINCE
+        )
         == "me@dir.example"
     )
     no_mail = who("org-a", user="me")
     with pytest.raises(domain.RecipientRefused):
-        domain.choose_recipient_email(no_mail, "me", None, "org-a")
+        domain.choose_recipient_email(no_mail, "me", None, "org-a", SINCE)
     # someone else: known and able to view
-    assert domain.choose_recipient_email(caller, "u2", person(grant=True), "org-a") == (
+    assert domain.choose_recipient_email(caller, "u2", person(grant=True), "org-a", SINCE) == (
         "u2@example.test"
     )
     with pytest.raises(domain.RecipientRefused):
-        domain.choose_recipient_email(caller, "u2", None, "org-a")
+        domain.choose_recipient_email(caller, "u2", None, "org-a", SINCE)
     with pytest.raises(domain.RecipientRefused):
-        domain.choose_recipient_email(caller, "u2", person(), "org-a")
+        domain.choose_recipient_email(caller, "u2", person(), "org-a", SINCE)
     with pytest.raises(domain.RecipientRefused):
-        domain.choose_recipient_email(caller, "u2", person(org="org-b", grant=True), "org-a")
+        domain.choose_recipient_email(caller, "u2", person(org="org-b", grant=True), "org-a", SINCE)
     with pytest.raises(domain.RecipientRefused):
-        domain.choose_recipient_email(caller, "u2", person(grant=True, email=None), "org-a")
+        domain.choose_recipient_email(caller, "u2", person(grant=True, email=None), "org-a", SINCE)
 
 
 # ------------------------------------------------------------------------------------ tokens

@@ -144,3 +144,49 @@ def test_a_skewed_test_clock_is_refused_where_production_runs(env: pytest.Monkey
         load_settings(Settings)
     env.setenv("TEST_CLOCK_OFFSET_SECONDS", "0")
     assert load_settings(Settings).test_clock_offset_seconds == 0
+
+
+@pytest.mark.parametrize(
+    ("url", "accepted"),
+    [
+        ("https://id.example/.well-known/jwks.json", True),
+        ("http://127.0.0.1:8080/jwks.json", True),  # a sidecar on loopback
+        ("http://localhost/jwks.json", True),
+        ("http://id.example/.well-known/jwks.json", False),  # keys replaceable on the way
+        ("ftp://id.example/jwks.json", False),
+        ("https:///jwks.json", False),
+    ],
+)
+def test_the_jwks_url_must_be_https_unless_on_loopback(
+    env: pytest.MonkeyPatch, url: str, accepted: bool
+) -> None:
+    env.delenv("AUTH_PUBLIC_KEY_PEM")
+    env.setenv("AUTH_JWKS_URL", url)
+    if accepted:
+        assert load_settings(Settings).auth_jwks_url == url
+    else:
+        with pytest.raises(ConfigurationError, match="AUTH_JWKS_URL") as caught:
+            load_settings(Settings)
+        assert "https" in str(caught.value)
+
+
+def test_the_limits_have_safe_defaults_and_refuse_nonsense(env: pytest.MonkeyPatch) -> None:
+    settings = load_settings(Settings)
+    assert (
+        settings.email_limit_per_code_per_hour,
+        settings.email_limit_per_recipient_per_hour,
+        settings.max_request_body_bytes,
+        settings.admin_flag_ttl_hours,
+        settings.support_org_id,
+    ) == (5, 10, 16384, 24.0, "org-loadscan")
+    for variable, value in (
+        ("EMAIL_LIMIT_PER_CODE_PER_HOUR", "0"),
+        ("EMAIL_LIMIT_PER_RECIPIENT_PER_HOUR", "-1"),
+        ("MAX_REQUEST_BODY_BYTES", "10"),
+        ("ADMIN_FLAG_TTL_HOURS", "0"),
+        ("SUPPORT_ORG_ID", ""),
+    ):
+        with env.context() as patch:
+            patch.setenv(variable, value)
+            with pytest.raises(ConfigurationError, match=variable):
+                load_settings(Settings)

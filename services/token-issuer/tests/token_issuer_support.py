@@ -41,7 +41,7 @@ class Who:
 
 
 ADMIN_A = Who("u-admin-a", "org-a", ("admin",), "admin.a@a.example")
-SUPPORT = Who("u-support", "loadscan", ("support",), "support@loadscan.example")
+SUPPORT = Who("u-support", "org-loadscan", ("support",), "support@loadscan.example")
 USER_A = Who("u-user-a", "org-a", (), "user.a@a.example")  # granted scanner A1
 PLAIN_A = Who("u-plain-a", "org-a", (), "plain.a@a.example")  # no grant
 ADMIN_B = Who("u-admin-b", "org-b", ("admin",), "admin.b@b.example")

@@ -23,7 +23,14 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .http import PROBLEM, MetricsMiddleware, ProblemResponse, ops_routes
+from .http import (
+    PROBLEM,
+    MetricsMiddleware,
+    ProblemResponse,
+    declared_too_large,
+    ops_routes,
+    read_limited,
+)
 from .outages import is_infrastructure_error
 from .runtime import ServiceRuntime, lifespan_for
 
@@ -175,6 +182,66 @@ class OutageMiddleware:
                 extra={"error": type(exc).__name__, "path": scope.get("path")},
             )
             await unavailable()(scope, receive, send)
+
+
+DEFAULT_MAX_BODY_BYTES = 16384
+
+_TOO_LARGE_DOC: dict[int | str, dict[str, Any]] = {
+    413: {
+        "description": "The body is larger than the service accepts (MAX_REQUEST_BODY_BYTES): "
+        "refused before it is parsed or the caller authenticated; the connection is closed.",
+        "content": {PROBLEM: {}},
+    }
+}
+
+
+class BodyLimitMiddleware:
+    """Every request's body is read here, up to `limit` bytes, before any route, dependency or
+    authentication sees it: a declared Content-Length over the limit is answered 413 without
+    reading a byte; a body without one (chunked) is read until it passes the limit, then
+    answered 413 and the rest is never read (the connection is closed). Under the limit the body
+    is handed on as one message, so a route reads it at once. So no one makes the service
+    buffer, parse or validate more than `limit` bytes, nor verify a JWT for a body it would
+    refuse anyway."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        content_length = next(
+            (v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"content-length"),
+            None,
+        )
+        if declared_too_large(content_length, self.limit):
+            await self._too_large(scope, receive, send)
+            return
+        try:
+            body = await read_limited(receive, self.limit)
+        except ClientDisconnect:
+            return  # nobody is there to read an answer
+        if body is None:
+            await self._too_large(scope, receive, send)
+            return
+        delivered = False
+
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # what comes after the body: http.disconnect
+
+        await self.app(scope, replay, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        answer = problem(
+            413, f"the body must be at most {self.limit} bytes", headers={"Connection": "close"}
+        )
+        await answer(scope, receive, send)
 
 
 async def _unexpected(_: Request, exc: Exception) -> Response:
@@ -385,7 +452,10 @@ def fastapi_app(
     version: str = "1.0.0",
     description: str = "",
     routers: Sequence[Any] = (),
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
 ) -> FastAPI:
+    """A documented API. Every request body is capped at `max_body_bytes` before anything else
+    reads it (BodyLimitMiddleware); a route may accept less."""
     app = FastAPI(
         title=title,
         version=version,
@@ -399,8 +469,9 @@ def fastapi_app(
         },
     )
     for router in routers:
-        app.include_router(router, responses=_UNAVAILABLE_DOC)
+        app.include_router(router, responses={**_TOO_LARGE_DOC, **_UNAVAILABLE_DOC})
     _serve_the_document(app)
+    app.add_middleware(BodyLimitMiddleware, limit=max_body_bytes)
     app.add_middleware(OutageMiddleware)
     app.add_middleware(MetricsMiddleware, service=runtime.name)
     runtime.app = app

@@ -86,6 +86,7 @@ def http_app(runtime: ServiceRuntime, services: api.Services) -> FastAPI:
         description="Scanners redeem the code a person typed for their own credential, and "
         "rotate that credential.",
         routers=[api.routes],
+        max_body_bytes=services.max_body_bytes,  # MAX_REQUEST_BODY_BYTES, before anything parses
     )
     app.add_exception_handler(Refusal, refusals(api.STATUSES))
     app.state.services = services

@@ -55,8 +55,12 @@ class Authenticator:
                 "the bearer token is not valid",
                 headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
             ) from None
-        await handlers.record_principal(self.unit_of_work(), self.context, principal)
-        return principal
+        honoured = domain.honoured(principal, self.context.support_org_id)
+        if honoured is not principal:
+            metrics.SUPPORT_ROLE_IGNORED.inc()
+            log.info("support role ignored: not the Loadscan organisation")
+        await handlers.record_principal(self.unit_of_work(), self.context, honoured)
+        return honoured
 
 
 @dataclass(frozen=True)
@@ -105,6 +109,7 @@ REFUSALS: dict[type[Refusal], int] = {
     domain.ManageForbidden: 403,
     domain.NoActiveToken: 409,
     domain.RecipientRefused: 422,
+    domain.EmailRateLimited: 429,
 }
 _answer_refusal = refusals(REFUSALS)
 
@@ -130,14 +135,25 @@ def _problems(*statuses: int) -> dict[int | str, dict[str, object]]:
         404: "no such scanner visible to the caller",
         409: "no active token",
         422: "malformed request or unsuitable recipient",
+        429: "too many emails of this code (EMAIL_LIMIT_PER_CODE_PER_HOUR) or to this "
+        "recipient (EMAIL_LIMIT_PER_RECIPIENT_PER_HOUR) in the last hour; `Retry-After` says "
+        "in how many seconds one can be sent again",
     }
-    return {
+    documented: dict[int | str, dict[str, object]] = {
         s: {
             "description": meaning[s],
             "content": {"application/problem+json": {"schema": {"type": "object"}}},
         }
         for s in (401, *statuses)
     }
+    if 429 in documented:
+        documented[429]["headers"] = {
+            "Retry-After": {
+                "description": "Seconds until the quota has room again.",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        }
+    return documented
 
 
 # ------------------------------------------------------------------------------------ bodies
@@ -257,7 +273,7 @@ async def revoke_token(scanner_id: ScannerId, caller: Caller, uow: Uow, ctx: Ctx
     "/scanners/{scanner_id}/authorisation-token/email",
     status_code=202,
     response_model=EmailAccepted,
-    responses=_problems(403, 404, 409, 422),
+    responses=_problems(403, 404, 409, 422, 429),
 )
 async def email_token(
     scanner_id: ScannerId,
@@ -275,9 +291,9 @@ async def email_token(
 @router.get(
     "/scanners/{scanner_id}/users", response_model=list[UserOut], responses=_problems(403, 404)
 )
-async def list_users(scanner_id: ScannerId, caller: Caller, uow: Uow) -> list[UserOut]:
+async def list_users(scanner_id: ScannerId, caller: Caller, uow: Uow, ctx: Ctx) -> list[UserOut]:
     """Users who can view the scanner (manage), to choose a recipient."""
-    viewers = await handlers.list_viewers(uow, caller, scanner_id)
+    viewers = await handlers.list_viewers(uow, ctx, caller, scanner_id)
     return [UserOut(user_id=v.user_id, display_name=v.display_name, email=v.email) for v in viewers]
 
 

@@ -26,7 +26,7 @@ from scanner_auth_shared.settings import aes_key_bytes
 
 from . import SERVICE, api, consumers, handlers, ui
 from .adapters.postgres import PostgresUnitOfWork
-from .domain import RecentPrincipals
+from .domain import EmailQuota, RecentPrincipals
 from .settings import Settings
 
 DESCRIPTION = (
@@ -34,6 +34,8 @@ DESCRIPTION = (
     "redeem, with role- and organisation-checked access, and deauthorises scanners."
 )
 # What it publishes through its outbox (the AsyncAPI document: `scanner-auth contracts`).
+# How often the email requests older than the quotas' hour are deleted.
+EMAIL_PURGE_INTERVAL_SECONDS = 300.0
 PUBLISHES = (TokenIssued, TokenRevoked, TokenExpired, ScannerDeauthorised, TokenEmailRequested)
 
 
@@ -50,6 +52,12 @@ def context(settings: Settings) -> handlers.Context:
         principals=RecentPrincipals(settings.principal_record_interval_seconds),
         sweep_batch=settings.expiry_sweep_batch_size,
         clock=clock(settings.test_clock_offset_seconds),
+        email_quota=EmailQuota(
+            per_code=settings.email_limit_per_code_per_hour,
+            per_recipient=settings.email_limit_per_recipient_per_hour,
+        ),
+        admin_flag_ttl=timedelta(hours=settings.admin_flag_ttl_hours),
+        support_org_id=settings.support_org_id,
     )
 
 
@@ -87,6 +95,11 @@ def build(settings: Settings) -> ServiceRuntime:
 
     runtime.periodically("expiry-sweeper", settings.expiry_sweep_interval_seconds, sweep)
 
+    async def purge_email_requests() -> None:
+        await handlers.purge_email_requests(unit_of_work(), ctx)
+
+    runtime.periodically("email-request-purge", EMAIL_PURGE_INTERVAL_SECONDS, purge_email_requests)
+
     verifier = JwtVerifier(
         issuer=settings.auth_issuer,
         audience=settings.auth_audience,
@@ -94,7 +107,11 @@ def build(settings: Settings) -> ServiceRuntime:
         jwks_url=settings.auth_jwks_url,
     )
     app = fastapi_app(
-        runtime, title="scanner-auth token-issuer", description=DESCRIPTION, routers=[api.router]
+        runtime,
+        title="scanner-auth token-issuer",
+        description=DESCRIPTION,
+        routers=[api.router],
+        max_body_bytes=settings.max_request_body_bytes,
     )
     authenticator = api.Authenticator(verifier, unit_of_work, ctx)
     api.install(app, api.Services(unit_of_work, ctx, authenticator))

@@ -8,6 +8,8 @@ each is api.py's business.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -55,6 +57,16 @@ class NoActiveToken(Refusal):
 
 class RecipientRefused(Refusal):
     """The chosen recipient is unknown, cannot view the scanner, or has no email address."""
+
+
+class EmailRateLimited(Refusal):
+    """Too many emails of this code, or to this recipient, in the last hour (429). `Retry-After`
+    says in how many seconds a slot frees."""
+
+    def __init__(self, detail: str, retry_after_seconds: int) -> None:
+        super().__init__(detail)
+        self.retry_after_seconds = retry_after_seconds
+        self.headers = {"Retry-After": str(retry_after_seconds)}
 
 
 # ------------------------------------------------------------------------------------ facts
@@ -111,12 +123,14 @@ class DirectoryUser:
 
 @dataclass(frozen=True, slots=True)
 class SeenPrincipal:
-    """Who authenticated, with which organisation, roles and email (their last JWT)."""
+    """Who authenticated, with which organisation, roles and email (their last JWT), and when
+    (`seen_at`: set when read back, not needed to record)."""
 
     user_id: str
     org_id: str
     roles: tuple[str, ...]
     email: str | None
+    seen_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +142,9 @@ class Person:
     display_name: str
     email: str | None
     has_grant: bool  # a directory grant on the scanner in question
-    seen_as_admin: bool  # last seen authenticating with role admin (in org_id)
+    # When they were last seen authenticating with role admin in org_id (their last JWT), else
+    # None. Only a JWT says who is an admin; `admin_is_current` says whether it still counts.
+    admin_seen_at: datetime | None
 
 
 def person(
@@ -137,7 +153,8 @@ def person(
     """What is known of a user: the directory first, their last JWT for what it lacks. They
     count as an admin only if last seen as one in the organisation they belong to."""
     org_id = user.org_id if user is not None else (seen.org_id if seen is not None else None)
-    seen_as_admin = seen is not None and "admin" in seen.roles and seen.org_id == org_id
+    was_admin = seen is not None and "admin" in seen.roles and seen.org_id == org_id
+    admin_seen_at = seen.seen_at if seen is not None and was_admin else None
     email = (user.email if user is not None else None) or (seen.email if seen else None)
     display_name = (user.display_name if user is not None else "") or (email or "")
     return Person(
@@ -146,7 +163,7 @@ def person(
         display_name=display_name,
         email=email,
         has_grant=has_grant,
-        seen_as_admin=seen_as_admin,
+        admin_seen_at=admin_seen_at,
     )
 
 
@@ -344,16 +361,29 @@ def require_may_email(access: Access, *, to_self: bool) -> None:
     require(access, manage=not to_self)
 
 
-def person_can_view(person: Person, scanner_org_id: str) -> bool:
+def admin_is_current(person: Person, admins_seen_since: datetime) -> bool:
+    """Whether `person` counts as an admin of their organisation: seen signing in as one at or
+    after `admins_seen_since` (now minus ADMIN_FLAG_TTL_HOURS). A role once seen in a JWT is not
+    a role for ever: an admin demoted in the identity provider stops being a recipient once
+    their last admin sign-in is that old, unless they sign in as an admin again."""
+    return person.admin_seen_at is not None and person.admin_seen_at >= admins_seen_since
+
+
+def person_can_view(person: Person, scanner_org_id: str, admins_seen_since: datetime) -> bool:
     """Whether a user other than the caller can view the scanner, as far as this service knows:
-    a same-organisation user with a grant, or an admin of the scanner's organisation."""
+    a same-organisation user with a grant, or an admin of the scanner's organisation (seen as
+    one since `admins_seen_since`)."""
     if person.org_id != scanner_org_id:
         return False
-    return person.has_grant or person.seen_as_admin
+    return person.has_grant or admin_is_current(person, admins_seen_since)
 
 
 def choose_recipient_email(
-    caller: Principal, recipient_id: str, recipient: Person | None, scanner_org_id: str
+    caller: Principal,
+    recipient_id: str,
+    recipient: Person | None,
+    scanner_org_id: str,
+    admins_seen_since: datetime,
 ) -> str:
     """The address to send a code to, or RecipientRefused.
 
@@ -365,7 +395,7 @@ def choose_recipient_email(
         email = (recipient.email if recipient is not None else None) or caller.email
     elif recipient is None:
         raise RecipientRefused("the recipient is not a known user")
-    elif not person_can_view(recipient, scanner_org_id):
+    elif not person_can_view(recipient, scanner_org_id, admins_seen_since):
         raise RecipientRefused("the recipient cannot view this scanner")
     else:
         email = recipient.email
@@ -374,13 +404,75 @@ def choose_recipient_email(
     return email
 
 
-def viewers(people: list[Person], scanner_org_id: str) -> list[Viewer]:
+def viewers(people: list[Person], scanner_org_id: str, admins_seen_since: datetime) -> list[Viewer]:
     """The people who can view the scanner and have an address: the possible recipients."""
     return [
         Viewer(user_id=p.user_id, display_name=p.display_name, email=p.email)
         for p in people
-        if p.email and person_can_view(p, scanner_org_id)
+        if p.email and person_can_view(p, scanner_org_id, admins_seen_since)
     ]
+
+
+# ------------------------------------------------------------------------------------ email quota
+
+EMAIL_WINDOW = timedelta(hours=1)
+
+
+@dataclass(frozen=True, slots=True)
+class EmailQuota:
+    """At most `per_code` emails of one code (token) and `per_recipient` emails to one address
+    in any `EMAIL_WINDOW`."""
+
+    per_code: int
+    per_recipient: int
+
+
+DEFAULT_EMAIL_QUOTA = EmailQuota(per_code=5, per_recipient=10)
+DEFAULT_ADMIN_FLAG_TTL = timedelta(hours=24)
+
+
+def recipient_key(email: str) -> str:
+    """The address an email quota counts by: one mailbox, however its case is written."""
+    return email.strip().lower()
+
+
+def check_email_quota(
+    now: datetime, *, code_full_since: datetime | None, recipient_full_since: datetime | None
+) -> None:
+    """EmailRateLimited when a quota is used up. `…_full_since`: the time of the request that
+    filled the quota (the per_code-th, resp. per_recipient-th most recent one within the window),
+    None while there is room; a slot frees when that request leaves the window."""
+    waits = {
+        what: (since + EMAIL_WINDOW - now).total_seconds()
+        for what, since in (("code", code_full_since), ("recipient", recipient_full_since))
+        if since is not None
+    }
+    if not waits:
+        return
+    what = max(waits, key=lambda w: waits[w])
+    seconds = max(1, math.ceil(waits[what]))
+    detail = (
+        "this code was emailed too often in the last hour"
+        if what == "code"
+        else "too many codes were emailed to this recipient in the last hour"
+    )
+    raise EmailRateLimited(f"{detail}; try again in {seconds} seconds", seconds)
+
+
+# ------------------------------------------------------------------------------------ support
+
+DEFAULT_SUPPORT_ORG = "org-loadscan"
+
+
+def honoured(principal: Principal, support_org_id: str) -> Principal:
+    """The caller as this service treats them: the `support` role counts only in the Loadscan
+    organisation (SUPPORT_ORG_ID). Anyone else's identity provider tenant could mint it (an
+    organisation that manages its own roles, a misconfigured mapping) and would then manage every
+    scanner of every organisation; outside Loadscan it is dropped, so they get what their other
+    roles give them."""
+    if not principal.is_support or principal.org_id == support_org_id:
+        return principal
+    return dataclasses.replace(principal, roles=principal.roles - {"support"})
 
 
 class RecentPrincipals:

@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 from scanner_auth_shared import crypto
@@ -99,6 +99,14 @@ class Context:
     sweep_batch: int = 500
     clock: Clock = utcnow
     monotonic: Callable[[], float] = time.monotonic
+    # EMAIL_LIMIT_PER_CODE_PER_HOUR, EMAIL_LIMIT_PER_RECIPIENT_PER_HOUR
+    email_quota: domain.EmailQuota = domain.DEFAULT_EMAIL_QUOTA
+    # ADMIN_FLAG_TTL_HOURS: how long an admin role seen in a JWT counts for others' access
+    admin_flag_ttl: timedelta = domain.DEFAULT_ADMIN_FLAG_TTL
+    support_org_id: str = domain.DEFAULT_SUPPORT_ORG  # SUPPORT_ORG_ID
+
+    def admins_seen_since(self, now: datetime) -> datetime:
+        return now - self.admin_flag_ttl
 
 
 # ------------------------------------------------------------------------------------ commands
@@ -201,7 +209,13 @@ async def revoke_token(uow: UnitOfWork, ctx: Context, command: RevokeToken) -> N
 async def email_code(uow: UnitOfWork, ctx: Context, command: EmailCode) -> str:
     """Ask the notifier to email the active code (TokenEmailRequested, the code sealed for it):
     to oneself (view) or to another user who can view the scanner (manage). The notification
-    id."""
+    id.
+
+    At most `email_quota.per_code` emails of one code and `per_recipient` to one address per
+    hour, whatever the number of replicas: the request is counted in the transaction of its
+    outbox row, under the scanner's row lock (every email of a code takes it) and a transaction
+    lock on the address (emails to one address from different scanners), so that two
+    concurrent requests never both see the last free slot."""
     by, scanner_id = command.by, command.scanner_id
     recipient_id = command.recipient_user_id or by.user_id
     async with uow:
@@ -212,8 +226,25 @@ async def email_code(uow: UnitOfWork, ctx: Context, command: EmailCode) -> str:
         if token is None or not domain.is_active(token, now):
             raise domain.NoActiveToken()
         recipient = await uow.people.person(recipient_id, scanner_id)
-        email = domain.choose_recipient_email(by, recipient_id, recipient, _org(scanner))
+        email = domain.choose_recipient_email(
+            by, recipient_id, recipient, _org(scanner), ctx.admins_seen_since(now)
+        )
+        address = domain.recipient_key(email)
+        await uow.emails.lock_recipient(address)
+        quota = ctx.email_quota
+        code_full, recipient_full = await uow.emails.full_since(
+            token.token_id, address, now - domain.EMAIL_WINDOW,
+            per_code=quota.per_code, per_recipient=quota.per_recipient,
+        )  # fmt: skip
+        try:
+            domain.check_email_quota(
+                now, code_full_since=code_full, recipient_full_since=recipient_full
+            )
+        except domain.EmailRateLimited:
+            metrics.CODE_EMAILS_LIMITED.inc()
+            raise
         notification_id = str(uuid.uuid4())
+        await uow.emails.add(notification_id, token.token_id, address, now)
         sealed = ctx.keys.seal_for_notifier(ctx.keys.code_of(token), token.token_id)
         requested = TokenEmailRequested(
             notification_id=notification_id, token_id=token.token_id, scanner_id=scanner_id,
@@ -249,12 +280,14 @@ async def list_scanners(
     return [s for row in rows if (s := domain.summary(row, principal, now)) is not None]
 
 
-async def list_viewers(uow: UnitOfWork, principal: Principal, scanner_id: str) -> list[Viewer]:
+async def list_viewers(
+    uow: UnitOfWork, ctx: Context, principal: Principal, scanner_id: str
+) -> list[Viewer]:
     """Who can view the scanner (manage), to choose the recipient of an email."""
     async with uow:
         scanner, _ = await _scanner(uow, principal, scanner_id, manage=True, for_update=False)
         people = await uow.people.around(scanner_id, _org(scanner))
-    return domain.viewers(people, _org(scanner))
+    return domain.viewers(people, _org(scanner), ctx.admins_seen_since(ctx.clock()))
 
 
 async def show_authorisation(
@@ -304,6 +337,14 @@ async def record_principal(uow: UnitOfWork, ctx: Context, principal: Principal) 
 
 
 # ------------------------------------------------------------------------------------ expiry
+
+
+async def purge_email_requests(uow: UnitOfWork, ctx: Context) -> int:
+    """Forget the email requests that no longer count against a quota (older than the window)."""
+    async with uow:
+        purged = await uow.emails.purge(ctx.clock() - domain.EMAIL_WINDOW)
+        await uow.commit()
+    return purged
 
 
 async def expire_due_tokens(uow: UnitOfWork, ctx: Context) -> int:

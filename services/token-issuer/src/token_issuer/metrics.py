@@ -16,6 +16,14 @@ CODE_EMAILS_REQUESTED = Counter(
     "scanner_auth_token_issuer_code_emails_requested_total",
     "TokenEmailRequested events written",
 )
+CODE_EMAILS_LIMITED = Counter(
+    "scanner_auth_token_issuer_code_emails_limited_total",
+    "Email requests refused with 429 (EMAIL_LIMIT_PER_CODE_PER_HOUR, …_PER_RECIPIENT_PER_HOUR)",
+)
+SUPPORT_ROLE_IGNORED = Counter(
+    "scanner_auth_token_issuer_support_role_ignored_total",
+    "Authenticated requests whose `support` role was dropped: not from SUPPORT_ORG_ID",
+)
 CODES_VIEWED = Counter(
     "scanner_auth_token_issuer_codes_viewed_total",
     "Active codes shown to a user (GET authorisation-token)",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, ValidationInfo, field_validator
 
-from scanner_auth_shared.auth import JwtVerifier
+from scanner_auth_shared.auth import JwtVerifier, check_jwks_url
 from scanner_auth_shared.settings import AesKey, DatabaseSettings, Pepper
 
 
@@ -42,6 +42,25 @@ class Settings(DatabaseSettings):
     expiry_sweep_batch_size: int = Field(500, ge=1)
     # How often one user's roles, org and email are written to `principals_seen` at most.
     principal_record_interval_seconds: float = Field(60.0, ge=0)
+    admin_flag_ttl_hours: float = Field(
+        24.0,
+        gt=0,
+        description="an admin role seen in a JWT makes its holder a recipient for this long",
+    )
+    support_org_id: str = Field(
+        "org-loadscan",
+        min_length=1,
+        description="the Loadscan organisation: `support` counts only in its tokens",
+    )
+
+    # Abuse limits.
+    email_limit_per_code_per_hour: int = Field(5, ge=1, description="emails of one code per hour")
+    email_limit_per_recipient_per_hour: int = Field(
+        10, ge=1, description="code emails to one address per hour"
+    )
+    max_request_body_bytes: int = Field(
+        16384, ge=1024, description="largest request body, refused (413) before it is parsed"
+    )
 
     # The reference web page at /ui/ (token_issuer/ui/README.md).
     ui_enabled: bool = Field(True, description="serve the reference web page at /ui/")
@@ -73,8 +92,9 @@ class Settings(DatabaseSettings):
 
     @field_validator("auth_jwks_url")
     @classmethod
-    def _blank_is_none(cls, value: str | None) -> str | None:
-        return value.strip() or None if value is not None else None
+    def _jwks_url(cls, value: str | None) -> str | None:
+        url = value.strip() or None if value is not None else None
+        return check_jwks_url(url) if url is not None else None  # https (http on loopback)
 
     @field_validator("auth_public_key_pem")
     @classmethod

@@ -41,7 +41,13 @@ from ..domain import (
     Token,
     person,
 )
-from .ports import AuditRepository, PeopleRepository, ScannerRepository, TokenRepository
+from .ports import (
+    AuditRepository,
+    EmailRequestRepository,
+    PeopleRepository,
+    ScannerRepository,
+    TokenRepository,
+)
 
 
 class StoreLock:
@@ -73,6 +79,8 @@ class Store(uow.MemoryStore):
     seen: dict[str, tuple[SeenPrincipal, datetime]] = field(default_factory=dict)
     tokens: dict[str, TokenRecord] = field(default_factory=dict)  # in insertion (seq) order
     audit_log: list[AuditEntry] = field(default_factory=list)
+    # notification id -> (token id, recipient, requested at)
+    email_requests: dict[str, tuple[str, str, datetime]] = field(default_factory=dict)
     lock: StoreLock = field(default_factory=StoreLock)
 
 
@@ -229,16 +237,23 @@ class MemoryPeople(_Repository):
         if user is None and seen is None:
             return None
         granted = (scanner_id, user_id) in self.store.grants
-        return person(user_id, user, seen[0] if seen else None, has_grant=granted)
+        return person(user_id, user, _seen_at(seen), has_grant=granted)
 
     async def around(self, scanner_id: str, org_id: str) -> list[Person]:
         await _round_trip()
         granted = {u for s, u in self.store.grants if s == scanner_id}
-        seen_here = {u: s for u, (s, _) in self.store.seen.items() if s.org_id == org_id}
+        seen_here = {
+            u: _seen_at((s, at)) for u, (s, at) in self.store.seen.items() if s.org_id == org_id
+        }
         return [
             person(u, self.store.users.get(u), seen_here.get(u), has_grant=u in granted)
             for u in sorted(granted | set(seen_here))
         ]
+
+
+def _seen_at(seen: tuple[SeenPrincipal, datetime] | None) -> SeenPrincipal | None:
+    """The principal as read back: with the time it was recorded at (`last_seen_at`)."""
+    return None if seen is None else dataclasses.replace(seen[0], seen_at=seen[1])
 
 
 class MemoryTokens(_Repository):
@@ -325,6 +340,39 @@ class MemoryAudit(_Repository):
         self.store.audit_log.append(entry)
 
 
+class MemoryEmailRequests(_Repository):
+    async def lock_recipient(self, recipient: str) -> None:
+        await _round_trip()  # units of work on one store run one at a time already
+
+    async def full_since(
+        self, token_id: str, recipient: str, since: datetime, *, per_code: int, per_recipient: int
+    ) -> tuple[datetime | None, datetime | None]:
+        await _round_trip()
+        recent = [r for r in self.store.email_requests.values() if r[2] > since]
+
+        def nth_newest(times: list[datetime], n: int) -> datetime | None:
+            times.sort(reverse=True)
+            return times[n - 1] if len(times) >= n else None
+
+        return (
+            nth_newest([at for t, _, at in recent if t == token_id], per_code),
+            nth_newest([at for _, r, at in recent if r == recipient], per_recipient),
+        )
+
+    async def add(self, notification_id: str, token_id: str, recipient: str, at: datetime) -> None:
+        await _round_trip()
+        if notification_id in self.store.email_requests:
+            raise ValueError(f"email request {notification_id} exists")  # the primary key
+        self.store.email_requests[notification_id] = (token_id, recipient, at)
+
+    async def purge(self, before: datetime) -> int:
+        await _round_trip()
+        old = [n for n, (_, _, at) in self.store.email_requests.items() if at < before]
+        for n in old:
+            del self.store.email_requests[n]
+        return len(old)
+
+
 class UnlockedScannerEvent(AssertionError):
     """A unit of work emitted an event for a scanner whose row it had not locked."""
 
@@ -335,6 +383,7 @@ class MemoryUnitOfWork(uow.MemoryUnitOfWork):
     people: PeopleRepository
     tokens: TokenRepository
     audit: AuditRepository
+    emails: EmailRequestRepository
 
     def __init__(self, store: Store) -> None:
         super().__init__(store, source=SOURCE)
@@ -352,6 +401,7 @@ class MemoryUnitOfWork(uow.MemoryUnitOfWork):
         self.people = MemoryPeople(self.store, self.locked)
         self.tokens = MemoryTokens(self.store, self.locked)
         self.audit = MemoryAudit(self.store, self.locked)
+        self.emails = MemoryEmailRequests(self.store, self.locked)
         return self
 
     async def commit(self) -> None:

@@ -136,8 +136,35 @@ class AuditRepository(Protocol):
     async def record(self, entry: AuditEntry) -> None: ...
 
 
+class EmailRequestRepository(Protocol):
+    """The email requests of the last hour, counted against the email quotas. A code's requests
+    are serialised by its scanner's row lock; an address's by `lock_recipient`."""
+
+    async def lock_recipient(self, recipient: str) -> None:
+        """Hold a lock on the address until the unit of work ends: concurrent requests for one
+        address (from any scanner, any replica) count one after the other."""
+        ...
+
+    async def full_since(
+        self, token_id: str, recipient: str, since: datetime, *, per_code: int, per_recipient: int
+    ) -> tuple[datetime | None, datetime | None]:
+        """(the `per_code`-th most recent request for the token after `since`, the
+        `per_recipient`-th most recent to the address after `since`), each None if there are
+        fewer: when they are not None, the quota is used up until that request is an hour old."""
+        ...
+
+    async def add(
+        self, notification_id: str, token_id: str, recipient: str, at: datetime
+    ) -> None: ...
+
+    async def purge(self, before: datetime) -> int:
+        """Forget the requests made before `before`; how many."""
+        ...
+
+
 class UnitOfWork(uow.UnitOfWork, Protocol):
     scanners: ScannerRepository
     people: PeopleRepository
     tokens: TokenRepository
     audit: AuditRepository
+    emails: EmailRequestRepository

@@ -28,7 +28,13 @@ from ..domain import (
     TokenStatus,
     person,
 )
-from .ports import AuditRepository, PeopleRepository, ScannerRepository, TokenRepository
+from .ports import (
+    AuditRepository,
+    EmailRequestRepository,
+    PeopleRepository,
+    ScannerRepository,
+    TokenRepository,
+)
 
 # ------------------------------------------------------------------------------------ scanners
 
@@ -173,7 +179,7 @@ RECORD_SEEN = """
 # One user relative to one scanner: the directory's row, the last JWT seen, the grant.
 PERSON = """
     SELECT k.user_id, u.org_id AS user_org_id, u.email AS user_email, u.display_name,
-           p.org_id AS seen_org_id, p.roles, p.email AS seen_email,
+           p.org_id AS seen_org_id, p.roles, p.email AS seen_email, p.last_seen_at,
            EXISTS (SELECT 1 FROM access_grants g
                    WHERE g.scanner_id = $2 AND g.user_id = k.user_id) AS has_grant
     FROM (SELECT $1::text AS user_id) k
@@ -184,7 +190,7 @@ PERSON = """
 # another organisation tells nothing here), in user id order (code points, as Python sorts).
 PEOPLE_AROUND = """
     SELECT c.user_id, u.org_id AS user_org_id, u.email AS user_email, u.display_name,
-           p.org_id AS seen_org_id, p.roles, p.email AS seen_email,
+           p.org_id AS seen_org_id, p.roles, p.email AS seen_email, p.last_seen_at,
            (g.user_id IS NOT NULL) AS has_grant
     FROM (SELECT user_id FROM access_grants WHERE scanner_id = $1
           UNION SELECT user_id FROM principals_seen WHERE org_id = $2) c
@@ -202,7 +208,13 @@ def _person(row: Record) -> Person:
         else None
     )
     seen = (
-        SeenPrincipal(row["user_id"], row["seen_org_id"], tuple(row["roles"]), row["seen_email"])
+        SeenPrincipal(
+            row["user_id"],
+            row["seen_org_id"],
+            tuple(row["roles"]),
+            row["seen_email"],
+            row["last_seen_at"],
+        )
         if row["seen_org_id"] is not None
         else None
     )
@@ -377,6 +389,53 @@ class PostgresAudit:
         await self.conn.execute(RECORD_AUDIT, *_audit_values(entry))
 
 
+# ------------------------------------------------------------------------------------ email quota
+
+# A transaction lock per address (released at commit or rollback): 64 bits of a hash of the
+# address, in a namespace of its own. Two addresses sharing a hash only wait for each other.
+EMAIL_LOCK_RECIPIENT = (
+    "SELECT pg_advisory_xact_lock(hashtextextended('scanner-auth.email-recipient:' || $1, 0))"
+)
+# The n-th most recent request of the window, per code and per address (NULL: fewer than n).
+# A separate statement from the lock: under READ COMMITTED it sees every request committed by
+# whoever held the lock before.
+EMAIL_FULL_SINCE = """
+    SELECT
+        (SELECT requested_at FROM email_requests WHERE token_id = $1 AND requested_at > $3
+         ORDER BY requested_at DESC OFFSET $4::integer - 1 LIMIT 1) AS code_full_since,
+        (SELECT requested_at FROM email_requests WHERE recipient = $2 AND requested_at > $3
+         ORDER BY requested_at DESC OFFSET $5::integer - 1 LIMIT 1) AS recipient_full_since
+"""
+EMAIL_ADD = """
+    INSERT INTO email_requests (notification_id, token_id, recipient, requested_at)
+    VALUES ($1, $2, $3, $4)
+"""
+EMAIL_PURGE = "DELETE FROM email_requests WHERE requested_at < $1"
+
+
+class PostgresEmailRequests:
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    async def lock_recipient(self, recipient: str) -> None:
+        await self.conn.execute(EMAIL_LOCK_RECIPIENT, recipient)
+
+    async def full_since(
+        self, token_id: str, recipient: str, since: datetime, *, per_code: int, per_recipient: int
+    ) -> tuple[datetime | None, datetime | None]:
+        row = await self.conn.fetchrow(
+            EMAIL_FULL_SINCE, token_id, recipient, since, per_code, per_recipient
+        )
+        return row["code_full_since"], row["recipient_full_since"]
+
+    async def add(self, notification_id: str, token_id: str, recipient: str, at: datetime) -> None:
+        await self.conn.execute(EMAIL_ADD, notification_id, token_id, recipient, at)
+
+    async def purge(self, before: datetime) -> int:
+        status = await self.conn.execute(EMAIL_PURGE, before)
+        return int(status.rpartition(" ")[2] or 0)
+
+
 # ------------------------------------------------------------------------------------ unit of work
 
 
@@ -387,6 +446,7 @@ class PostgresUnitOfWork(uow.PostgresUnitOfWork):
     people: PeopleRepository
     tokens: TokenRepository
     audit: AuditRepository
+    emails: EmailRequestRepository
 
     def __init__(self, database: Database) -> None:
         super().__init__(database, source=SOURCE)
@@ -396,3 +456,4 @@ class PostgresUnitOfWork(uow.PostgresUnitOfWork):
         self.people = PostgresPeople(conn)
         self.tokens = PostgresTokens(conn)
         self.audit = PostgresAudit(conn)
+        self.emails = PostgresEmailRequests(conn)

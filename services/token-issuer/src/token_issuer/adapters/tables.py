@@ -166,3 +166,20 @@ class AuditRow(Base, table=True):
     token_id: str | None = _text()
     recipient_user_id: str | None = _text()
     notification_id: str | None = _text()
+
+
+class EmailRequestRow(Base, table=True):
+    """The code emails requested in the last hour (older ones are purged), counted against the
+    email quotas: per code (token) and per recipient address (lower-cased)."""
+
+    __tablename__ = "email_requests"
+    __table_args__ = (
+        Index("email_requests_token", "token_id", "requested_at"),
+        Index("email_requests_recipient", "recipient", "requested_at"),
+        Index("email_requests_age", "requested_at"),
+    )
+
+    notification_id: str = _text(primary_key=True)
+    token_id: str = _text(nullable=False)
+    recipient: str = _text(nullable=False)
+    requested_at: datetime = _time(nullable=False)

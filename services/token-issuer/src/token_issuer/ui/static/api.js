@@ -8,13 +8,15 @@ export class ApiError extends Error {
    * @param {"network"|"timeout"|"http"} kind
    * @param {number} status HTTP status, 0 when no answer came
    * @param {{title?: string, detail?: string}|null} problem
+   * @param {number|null} retryAfter seconds, from a Retry-After header (429, 503)
    */
-  constructor(kind, status, problem) {
+  constructor(kind, status, problem, retryAfter = null) {
     super(kind === "http" ? `HTTP ${status}` : kind);
     this.name = "ApiError";
     this.kind = kind;
     this.status = status;
     this.problem = problem;
+    this.retryAfter = retryAfter;
   }
 }
 
@@ -56,7 +58,9 @@ async function call(token, method, path, body) {
   } catch {
     problem = null;
   }
-  throw new ApiError("http", response.status, problem);
+  const retryAfter = Number.parseInt(response.headers.get("Retry-After") || "", 10);
+  throw new ApiError("http", response.status, problem,
+    Number.isFinite(retryAfter) && retryAfter >= 0 ? retryAfter : null);
 }
 
 /** A client for one bearer token. */

@@ -4,7 +4,7 @@
 // it is never logged, stored or put in a URL.
 
 import { ApiError, client, serverClockOffset, uiDocument } from "./api.js";
-import { Session, takeTokenFromFragment } from "./auth.js";
+import { Session, claims, takeTokenFromFragment } from "./auth.js";
 import { h, icons, trapFocus } from "./dom.js";
 import { describe } from "./errors.js";
 import {
@@ -797,16 +797,38 @@ document.addEventListener("visibilitychange", () => {
 
 // ------------------------------------------------------------------------------- start
 
+/**
+ * A `#token=` link signs in as whoever's token it carries: anyone can make one with their own
+ * token and send it. Ask first, naming the account (from the token's claims: the server
+ * verifies them, so a forged name would not be accepted), and sign in only on "Sign in".
+ */
+async function confirmLinkSignIn(token) {
+  const c = claims(token);
+  const text = (value) => (typeof value === "string" && value ? value : "");
+  const user = text(c.email) || text(c.sub) || "an unknown user";
+  const org = text(c.org_id) || "an unknown organisation";
+  const id = text(c.email) && text(c.sub) ? ` (user ${text(c.sub)})` : "";
+  return confirmAction({
+    title: "Sign in from this link?",
+    message: `This link signs you in as ${user}${id} from organisation ${org}. ` +
+      "Sign in only if you opened it yourself from MyScanner and this is your account: " +
+      "someone else's link would show you their scanners, and what you do would be done as them.",
+    ok: `Sign in as ${user}`,
+    cancel: "Don't sign in",
+  });
+}
+
 async function boot() {
-  const fromFragment = takeTokenFromFragment(); // first: out of the address bar at once
+  let fromFragment = takeTokenFromFragment(); // first: out of the address bar at once
   let config = { host_origins: [], dev_identities: false };
   try {
     config = await uiDocument("config.json");
   } catch { /* the defaults: no host origins, no dev identities */ }
   session = new Session(config);
-  await session.start(fromFragment);
   trapFocus(authDialog);
   trapFocus(confirmDialog);
+  if (fromFragment && !(await confirmLinkSignIn(fromFragment))) fromFragment = null;
+  await session.start(fromFragment);
   session.addEventListener("change", () => {
     renderIdentity();
     moveFocus = true;

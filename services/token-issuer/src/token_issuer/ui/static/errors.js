@@ -10,6 +10,23 @@ const ACTIONS = {
   deauthorise: "deauthorise the scanner",
 };
 
+const clock = new Intl.DateTimeFormat(undefined, { hour: "2-digit", minute: "2-digit" });
+
+/** The email quotas (per code, per recipient, per hour): which one, and when to retry. */
+function emailLimited(error) {
+  const detail = (error.problem && typeof error.problem.detail === "string") ? error.problem.detail : "";
+  const what = detail.includes("recipient")
+    ? "Too many codes were emailed to this person in the last hour, so MyScanner did not send this one."
+    : "This code was emailed too many times in the last hour, so MyScanner did not send it again.";
+  const seconds = error.retryAfter;
+  if (seconds === null || seconds === undefined) return `${what} Try again later.`;
+  const minutes = Math.ceil(seconds / 60);
+  const wait = seconds < 60 ? `${seconds} second${seconds === 1 ? "" : "s"}`
+    : `${minutes} minute${minutes === 1 ? "" : "s"}`;
+  const at = clock.format(new Date(Date.now() + seconds * 1000));
+  return `${what} You can email it again in ${wait} (at ${at}), or copy the code instead.`;
+}
+
 /**
  * @param {unknown} error
  * @param {keyof ACTIONS} action
@@ -45,7 +62,7 @@ export function describe(error, action, context = {}) {
         ? "That person cannot receive the code: they no longer have access to this scanner, or MyScanner has no email address for them. Choose someone else."
         : `MyScanner did not accept the request to ${doing}.`;
     case 429:
-      return `Too many requests: wait a moment, then ${doing} again.`;
+      return action === "email" ? emailLimited(error) : `Too many requests: wait a moment, then ${doing} again.`;
     default:
       if (status >= 500) {
         return `MyScanner had a problem and could not ${doing} (error ${status}). Try again in a moment; if it keeps happening, contact Loadscan support.`;
