@@ -19,7 +19,11 @@ class Settings(DatabaseSettings):
         5.0, gt=0, description="How long an upload waits for Kafka's acknowledgement before 503."
     )
     gate_resync_seconds: float = Field(
-        60.0, gt=0, description="Every replica reloads the whole gate this often (a safety net)."
+        3600.0,
+        gt=0,
+        description="Every replica reloads the whole gate this often: a safety net only, as "
+        "every change reaches a connected reader by NOTIFY (README, 'Why the resync is not "
+        "incremental').",
     )
     gate_keepalive_seconds: float = Field(
         5.0, gt=0, description="How often an idle gate listener checks its connection."
