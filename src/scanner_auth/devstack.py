@@ -244,6 +244,13 @@ class Stack:
         their migrations on PostgreSQL's advisory lock), then each awaited until ready; then
         the fronts of a replicated stack."""
         self.envs = self.service_env()
+        if self.replicas > 1:
+            # Each front listens on its service's port from the start, with no backend yet:
+            # a port that stays unbound while the replicas start (a minute on a busy machine)
+            # can be taken meanwhile as the local port of any outgoing connection.
+            for name in self.envs:
+                port = int(self.envs[name]["HTTP_PORT"])
+                self.fronts[name] = RoundRobinProxy(name, [], port=port).start()
         for name in self.envs:
             for _ in range(self.replicas):
                 svc = self.new_replica(name)
@@ -254,11 +261,9 @@ class Stack:
         for pods in self.pods.values():
             for svc in pods:
                 svc.wait_ready(max(0.0, deadline - time.monotonic()), told=timeout)
-        if self.replicas > 1:
-            for name, pods in self.pods.items():
-                port = int(self.envs[name]["HTTP_PORT"])
-                front = RoundRobinProxy(name, [p.port for p in pods], port=port).start()
-                self.fronts[name] = front
+        for name, front in self.fronts.items():
+            for svc in self.pods[name]:
+                front.add(svc.port)
 
     def new_replica(self, name: str) -> ServiceProcess:
         """One more process of `name` (not started): the service's environment, its own port
@@ -316,10 +321,34 @@ class Stack:
             time.sleep(self.drain_seconds)
         code = svc.stop(sig, timeout=max(30.0, self.grace_seconds(name) + 10))
         svc.start()
-        svc.wait_ready(timeout)
+        try:
+            svc.wait_ready(timeout)
+        except RuntimeError:
+            if not self._port_taken(svc):
+                raise
+            # Its port was free for the seconds the new process took to start, and something
+            # else bound it meanwhile (an outgoing connection's local port): on this machine a
+            # pod's address is its port, so the restarted replica gets a new one, as a pod that
+            # was rescheduled would, and the front follows it.
+            old_port = svc.port
+            svc.port = free_port()
+            svc.env["HTTP_PORT"] = str(svc.port)
+            svc.start()
+            svc.wait_ready(timeout)
+            if front is not None:
+                front.remove(old_port)
         if front is not None:
             front.add(svc.port)
         return code
+
+    @staticmethod
+    def _port_taken(svc: ServiceProcess) -> bool:
+        """Whether the process exited because its port was in use (its log's last lines)."""
+        try:
+            tail = svc.log_path.read_bytes()[-4000:]
+        except OSError:
+            return False
+        return b"address already in use" in tail
 
     def grace_seconds(self, name: str) -> float:
         return float(self.envs.get(name, {}).get("SHUTDOWN_GRACE_SECONDS", "30"))

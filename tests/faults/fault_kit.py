@@ -2,9 +2,11 @@
 processes on embedded PostgreSQL, Apache Kafka and an SMTP sink): its databases, its topics,
 its processes, and the directory entries each test makes for itself.
 
-Two rigs: `rig`, the suites' shared stack on one Kafka node, and `cluster_rig`, a stack of its
+Three rigs: `rig`, the suites' shared stack on one Kafka node; `cluster_rig`, a stack of its
 own on a controller and three brokers with the production topic settings (replication 3,
-`min.insync.replicas` 2), for the broker-fault tests (`test_broker_failures.py`).
+`min.insync.replicas` 2), for the broker-fault tests (`test_broker_failures.py`); and
+`replicated_rig`, a stack of its own with two replicas of each service behind their fronts
+(`Stack(replicas=2)`), for the rolling restarts (`test_rolling_restarts.py`).
 
 Every test makes its own scanners and users (unique ids), so that tests sharing one stack never
 count each other's events, mails or rows.
@@ -38,7 +40,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from scanner_auth.devstack import SERVICE_ORDER, Stack, System
+from scanner_auth.devstack import SERVICE_ORDER, ServiceProcess, Stack, System
 from scanner_auth_shared.events import (
     DIRECTORY_TOPIC,
     NOTIFICATIONS_TOPIC,
@@ -143,16 +145,38 @@ def cluster_rig(private_tmp: Any) -> Iterator[Rig]:
         stack.stop()
 
 
+# The replicated rig: quick retries (FAST_ENV), and a short lease of a send, so that a send cut
+# by SIGKILL ends (NotificationFailed, outcome unknown) within seconds rather than a minute; the
+# lease is still longer than SMTP_TIMEOUT_SECONDS (10), as it must be.
+REPLICATED_ENV = merged_env(FAST_ENV, {"notifier": {"LEASE_SECONDS": "15"}})
+
+
+@pytest.fixture(scope="module")
+def replicated_rig(private_tmp: Any) -> Iterator[Rig]:
+    """A stack of its own with two replicas of each service (own processes and ports, one
+    database per service, one consumer group per subscription), each service behind its
+    round-robin front (`System.url`, `Rig.url`), on one Apache Kafka node."""
+    stack = start_stack(private_tmp("replicated-stack"), REPLICATED_ENV, replicas=2)
+    try:
+        yield Rig(stack)
+    finally:
+        stack.stop()
+
+
 def start_stack(
-    root: Path, extra_env: dict[str, dict[str, str]], *, kafka_brokers: int = 1
+    root: Path,
+    extra_env: dict[str, dict[str, str]],
+    *,
+    kafka_brokers: int = 1,
+    replicas: int = 1,
 ) -> Stack:
-    stack = Stack(root, extra_env=extra_env, kafka_brokers=kafka_brokers)
+    stack = Stack(root, extra_env=extra_env, kafka_brokers=kafka_brokers, replicas=replicas)
     try:
         stack.start_infrastructure()
         assert stack.broker is not None
         if isinstance(stack.broker, ApacheKafka):
             asyncio.run(producer_ids_granted(stack.broker.bootstrap))
-        stack.start_services(timeout=180)
+        stack.start_services(timeout=180 * replicas)
         stack.publish(*System(stack).demo.events())
     except BaseException:
         stack.stop()
@@ -247,7 +271,14 @@ class Rig:
         return self.stack.broker
 
     def url(self, service: str) -> str:
-        return self.stack.services[service].url
+        """Where clients call `service`: its front when it runs replicas, else its process."""
+        return self.system.url(service)
+
+    def processes(self) -> list[ServiceProcess]:
+        """Every replica of every service serving now (one per service without replicas)."""
+        return [p for pods in self.stack.pods.values() for p in pods] or list(
+            self.stack.services.values()
+        )
 
     def dsn(self, service: str) -> str:
         assert self.stack.postgres is not None
@@ -603,7 +634,8 @@ class Rig:
         if not self.postgres_running():
             assert self.stack.postgres is not None
             self.stack.postgres.resume()
-        for svc in self.stack.services.values():
+        processes = self.processes()
+        for svc in processes:
             if svc.proc is not None and svc.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(svc.proc.pid, signal.SIGCONT)
@@ -613,14 +645,25 @@ class Rig:
         # A service a fault left running but stuck (not ready within 30 s: a healthy one is
         # within a second) is restarted, so that the next test starts whole; the test that left
         # it so has failed already.
-        names = list(self.stack.services)
-        answers = await asyncio.gather(*(within(lambda n=n: self.ready_now(n), 30) for n in names))
-        for name, ready in zip(names, answers, strict=True):
+        def ready_now(svc: ServiceProcess) -> Callable[[], Awaitable[bool]]:
+            async def check() -> bool:
+                try:
+                    return await asyncio.to_thread(svc.ready)
+                except RuntimeError:  # it has exited
+                    return False
+
+            return check
+
+        answers = await asyncio.gather(*(within(ready_now(svc), 30) for svc in processes))
+        for svc, ready in zip(processes, answers, strict=True):
             if not ready:
-                print(f"\nheal: {name} not ready 30 s after the test: restarted")
-                self.stack.services[name].stop()
-                self.stack.services[name].start()
-        await self.all_ready()
+                print(f"\nheal: {svc.name} (:{svc.port}) not ready 30 s after the test: restarted")
+                svc.stop()
+                svc.start()
+        await asyncio.gather(*(asyncio.to_thread(svc.wait_ready, 120) for svc in processes))
+        for name, front in self.stack.fronts.items():  # every replica back in rotation
+            for svc in self.stack.pods[name]:
+                front.add(svc.port)
 
     def logs(self) -> str:
         return self.system.logs()
