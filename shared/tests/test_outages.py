@@ -32,6 +32,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Message
 
 from scanner_auth_shared.api import OutageMiddleware
 from scanner_auth_shared.infra import EmbeddedPostgres, free_port
@@ -391,3 +392,37 @@ async def test_a_bug_is_still_a_500() -> None:
         transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://t"
     ) as client:
         assert (await client.get("/x")).status_code == 500
+
+
+@pytest.mark.unit
+async def test_a_request_cut_by_shutdown_is_a_503_not_uvicorns_500() -> None:
+    """Issue #13, found by the rolling-restart test: uvicorn cancels the requests still running
+    when a stopping replica's grace period ends, and answered those with its own plain 500."""
+    entered = asyncio.Event()
+
+    async def route(_: Request) -> Response:
+        entered.set()
+        await asyncio.Event().wait()  # a request that outlives the grace period
+        raise AssertionError("unreachable")
+
+    app = Starlette(routes=[Route("/x", route)])
+    app.add_middleware(OutageMiddleware)
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/x", "headers": [], "query_string": b""}
+    task = asyncio.create_task(app(scope, receive, send))
+    await entered.wait()
+    task.cancel()  # what uvicorn does at the end of timeout_graceful_shutdown
+    with pytest.raises(asyncio.CancelledError):
+        await task  # the cancellation goes on
+    start = sent[0]
+    assert start["status"] == 503
+    headers = dict(start["headers"])
+    assert headers[b"retry-after"] == b"1"
+    assert headers[b"content-type"] == b"application/problem+json"

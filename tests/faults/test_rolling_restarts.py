@@ -618,18 +618,14 @@ async def test_rolling_restarts_and_crashes_under_load_lose_and_duplicate_nothin
         if p.log_path.exists()
         for n in re.findall(r"Cancel (\d+) running task", p.log_path.read_text(errors="replace"))
     )
-    # A request cancelled so is answered by uvicorn itself: a plain-text 500 (README finding:
-    # a defect of the shutdown path, not of this test's counting). Counted apart, and only as
-    # many as the replicas' logs say they cancelled; any other 500 is unexpected.
-    uvicorn_500 = [o for o in unexpected if o.status == 500 and o.error == "Internal Server Error"]
-    assert len(uvicorn_500) <= cancelled_at_grace, (uvicorn_500, cancelled_at_grace)
-    unexpected = [o for o in unexpected if o not in uvicorn_500]
+    # A request cancelled so was answered by uvicorn itself with a plain-text 500 (found by this
+    # test); the shared OutageMiddleware now answers it 503 with Retry-After (counted above),
+    # so any 500 is unexpected.
     print(
         f"\nrolling restarts and crashes: {len(load.outcomes)} requests in {load_took:.0f} s "
         f"({statuses}); unexpected answers {len(unexpected)}; 503 with Retry-After "
         f"{retry_503}; no answer {sum(no_answer.values())} {dict(why)}; "
-        f"requests cancelled at the grace period {cancelled_at_grace} (answered 500 by uvicorn "
-        f"{len(uvicorn_500)}); "
+        f"requests cancelled at the grace period {cancelled_at_grace} (answered 503); "
         f"events lost {lost}; effects applied twice {sum(twice.values())}; emails sent twice "
         f"{emails_twice} ({len(mails)} mails, {len(mailed_ids)} notification ids); "
         f"NotificationFailed {len(failed)} (cut by SIGKILL); unacknowledged effects "

@@ -6,6 +6,7 @@ A FastAPI app serves (/openapi.json, /docs) the document `scanner-auth contracts
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import logging
@@ -155,7 +156,11 @@ class OutageMiddleware:
     outside every route and exception handler, so what a route lets escape is classified here
     (`outages.is_infrastructure_error`, which follows causes and exception groups); anything
     else goes on to the 500 handler. Not once the answer has started: then the connection is
-    cut, as for any failure mid-answer."""
+    cut, as for any failure mid-answer.
+
+    A request still running when a stopping replica's grace period ends is cancelled by
+    uvicorn, which would answer its own plain-text 500: it gets a 503 problem here instead, with
+    `Retry-After: 1` (another replica can take it at once), and the cancellation goes on."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -174,6 +179,14 @@ class OutageMiddleware:
 
         try:
             await self.app(scope, receive, watch)
+        except asyncio.CancelledError:
+            if not started:
+                log.warning("request cut by shutdown", extra={"path": scope.get("path")})
+                cut = problem(
+                    503, "the service is restarting; try again", headers={"Retry-After": "1"}
+                )
+                await cut(scope, receive, send)
+            raise
         except Exception as exc:
             if started or not is_infrastructure_error(exc):
                 raise
