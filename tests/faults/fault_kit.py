@@ -56,6 +56,7 @@ from scanner_auth_shared.events import (
 from scanner_auth_shared.kafka_broker import ApacheKafka
 from scanner_auth_shared.testing.identity import TestIdentity
 from scanner_auth_shared.testing.kafka import publish_events, read_topic, topic_partitions
+from scanner_auth_shared.testing.waiting import eventually
 
 ORG = "org-quarry"  # the demo organisation: its admin (u-alice) manages every scanner in it
 DATABASES = {name: name.replace("-", "_") for name in SERVICE_ORDER}
@@ -211,24 +212,6 @@ async def producer_ids_granted(bootstrap: str, timeout: float = 60) -> None:
 
 def uid(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
-
-
-async def eventually(
-    check: Callable[[], Awaitable[Any]], timeout: float, what: str, every: float = 0.1
-) -> Any:
-    """The first truthy result of `check`, or AssertionError after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        try:
-            last = await check()
-        except (httpx.HTTPError, OSError, asyncpg.PostgresError) as exc:
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout}s (last: {last!r})")
-        await asyncio.sleep(every)
 
 
 @dataclass

@@ -9,9 +9,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -47,6 +45,7 @@ from scanner_auth_shared.events import (
 from scanner_auth_shared.postgres import asyncpg_dsn
 from scanner_auth_shared.testing.kafka import events_on, publish_events
 from scanner_auth_shared.testing.plugin import FAST_CONSUMERS
+from scanner_auth_shared.testing.waiting import eventually
 
 CLIENT_IP = "203.0.113.7"
 ORG = "org-1"
@@ -58,17 +57,6 @@ class Issued:
     token_id: str
     scanner_id: str
     code: str  # as a person reads it: XXXX-XXXX-XXXX
-
-
-async def eventually(
-    check: Callable[[], Awaitable[Any]], timeout: float = 20.0, interval: float = 0.05
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(interval)
 
 
 # ------------------------------------------------------------------------------------ unit tests
@@ -374,7 +362,7 @@ class Harness:
             found = await self.events(type_)
             return found if len(found) >= count else None
 
-        found = await eventually(enough, timeout, interval=0.2)
+        found = await eventually(enough, timeout, f"{count} {type_}", every=0.2)
         assert found is not None, f"fewer than {count} {type_} within {timeout}s"
         return list(found)
 

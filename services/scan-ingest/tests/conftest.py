@@ -3,11 +3,10 @@ and a real broker, scanners authorised the way the redeemer announces them, and 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -29,22 +28,11 @@ from scanner_auth_shared.events import (
 from scanner_auth_shared.runtime import ServiceRuntime
 from scanner_auth_shared.testing.kafka import publish_events
 from scanner_auth_shared.testing.plugin import FAST_CONSUMERS
+from scanner_auth_shared.testing.waiting import eventually
 
 
 def now() -> datetime:
     return datetime.now(UTC)
-
-
-async def eventually(
-    check: Callable[[], Awaitable[Any]], timeout: float = 20.0, interval: float = 0.02
-) -> Any:
-    """The first truthy result of `check` within `timeout`, else its last result."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await check()
-        if result or time.monotonic() > deadline:
-            return result
-        await asyncio.sleep(interval)
 
 
 @dataclass
@@ -176,7 +164,9 @@ class World:
         ):
             service = Ingest(runtime, client)
             if wait_ready:
-                assert await eventually(service.ready, 30, 0.05), "scan-ingest never became ready"
+                assert await eventually(service.ready, 30, every=0.05), (
+                    "scan-ingest never became ready"
+                )
             yield service
 
     async def announce(self, *datas: EventData) -> None:

@@ -182,7 +182,7 @@ async def test_a_restarted_gateway_accepts_authorised_scanners_as_soon_as_it_is_
             assert loading.status_code == 503 and loading.headers["retry-after"]
             await blocker.execute("ROLLBACK")
 
-            assert await eventually(second.ready, 30, 0.01)
+            assert await eventually(second.ready, 30, every=0.01)
             response = await second.upload(credential, {"scan_id": "after-restart"})
             assert response.status_code == 202
     finally:
@@ -226,9 +226,9 @@ async def test_the_gate_recovers_lost_notifications_and_connections(world: World
                 APPLICATION_NAME,
             )
             assert killed == 1
-            saw_unready = await eventually(lambda: _not(ingest.ready), 5, 0.005)
+            saw_unready = await eventually(lambda: _not(ingest.ready), 5, every=0.005)
             assert saw_unready
-            assert await eventually(ingest.ready, 15, 0.05)
+            assert await eventually(ingest.ready, 15, every=0.05)
         finally:
             await conn.close()
         # And it still follows changes.

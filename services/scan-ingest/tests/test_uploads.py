@@ -195,7 +195,7 @@ async def test_while_kafka_is_unreachable_uploads_get_503_and_never_202(
             kafka.resume()
 
         attempt = iter(range(1000))
-        assert await eventually(lambda: _is_202(upload(f"after-{next(attempt)}")), 40, 0.2)
+        assert await eventually(lambda: _is_202(upload(f"after-{next(attempt)}")), 40, every=0.2)
 
         # Every 202 is on the topic: an accepted scan is never lost.
         stored = await wait_for_events(

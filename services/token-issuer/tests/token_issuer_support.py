@@ -3,9 +3,7 @@ the people and scanners of a two-organisation directory, and a harness around a 
 
 from __future__ import annotations
 
-import asyncio
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +22,7 @@ from scanner_auth_shared.postgres import asyncpg_dsn
 from scanner_auth_shared.runtime import ServiceRuntime
 from scanner_auth_shared.testing.identity import TestIdentity
 from scanner_auth_shared.testing.kafka import publish_events
+from scanner_auth_shared.testing.waiting import eventually
 from token_issuer.settings import Settings
 
 CODE_SHAPE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}-[0-9A-HJKMNP-TV-Z]{4}$")
@@ -167,17 +166,6 @@ class Harness:
         events = await self.publish(DIRECTORY_TOPIC, *datas)
         await self.applied("token-issuer.directory", events)
         return events
-
-
-async def eventually(check: Callable[[], Any], timeout: float = 15.0, interval: float = 0.1) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await check()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
 
 
 def code_forms(code: str) -> list[str]:

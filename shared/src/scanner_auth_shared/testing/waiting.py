@@ -8,6 +8,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 import httpx
 
 
@@ -33,7 +34,7 @@ async def eventually(
     what: str = "the condition",
     *,
     every: float = 0.05,
-    not_yet: tuple[type[BaseException], ...] = (httpx.HTTPError, OSError),
+    not_yet: tuple[type[BaseException], ...] = (httpx.HTTPError, OSError, asyncpg.PostgresError),
 ) -> Any:
     """The first truthy result of `await check()` within `timeout` seconds, else AssertionError
     naming `what` and the last result. The one `eventually` of every test suite: it never
