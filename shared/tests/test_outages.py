@@ -25,6 +25,7 @@ import pytest
 import sqlalchemy.exc as sa
 from aiokafka import AIOKafkaProducer
 from aiokafka import errors as kafka_errors
+from aiokafka.errors import KafkaError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
@@ -38,6 +39,7 @@ from scanner_auth_shared.api import OutageMiddleware
 from scanner_auth_shared.infra import EmbeddedPostgres, free_port
 from scanner_auth_shared.outages import is_infrastructure_error
 from scanner_auth_shared.postgres import Database, asyncpg_dsn
+from scanner_auth_shared.testing.waiting import eventually
 
 # The classes the failures below really raised (asyncpg 0.32, SQLAlchemy 2.1, aiokafka 0.14).
 CAUSED = {
@@ -233,8 +235,17 @@ async def test_kafka_not_acknowledging(private_kafka: Any) -> None:
         bootstrap_servers=private_kafka.bootstrap, request_timeout_ms=1500, acks="all"
     )
     await producer.start()
+
+    async def acknowledged() -> bool:
+        # On a loaded machine a first send (metadata, leader) can itself outlast 1.5 s.
+        try:
+            await producer.send_and_wait("myscanner.scanner-auth.v1", b"x")
+        except KafkaError:
+            return False
+        return True
+
     try:
-        await producer.send_and_wait("myscanner.scanner-auth.v1", b"x")
+        await eventually(acknowledged, 60, "a first acknowledgement")
         private_kafka.pause()
         try:
             exc = await _caught(producer.send_and_wait("myscanner.scanner-auth.v1", b"y"))
