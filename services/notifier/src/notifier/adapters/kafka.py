@@ -126,8 +126,9 @@ class KafkaReadBarrier:
                     await self._round()
             if self._waiting and not self._joining:
                 self._kick.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._kick.wait(), self.poll_seconds)
+                with contextlib.suppress(TimeoutError):  # asyncio.timeout: see listen.Listener.idle
+                    async with asyncio.timeout(self.poll_seconds):
+                        await self._kick.wait()
 
     def _live(self) -> bool:
         self._joining = [w for w in self._joining if not w.done.done()]
