@@ -303,7 +303,7 @@ async def test_redemptions_racing_a_revocation_never_succeed_after_it(start: Sta
                     "SELECT status FROM tokens WHERE token_id = $1 AND status <> 'active'",
                     issued.token_id,
                 ),
-                interval=0.01,
+                every=0.01,
             )
             revoked_seen_at.append(loop.time())
             assert state in ("revoked", "redeemed")
