@@ -39,6 +39,27 @@ SERVICE_ORDER = ("token-issuer", "redeemer", "scan-ingest", "notifier")
 # across a restart).
 KafkaKind = Literal["apache", "tansu"]
 
+# The hourly quotas (emails per code and per address, rotations per scanner) raised, for stacks
+# that drive one code, address or credential in a loop: the load, restart and replica tests and
+# the benchmarks. The quotas themselves are tested where they are built (the token-issuer's and
+# the redeemer's tests, tests/security/test_abuse_limits.py).
+LOAD_QUOTAS: dict[str, dict[str, str]] = {
+    "token-issuer": {
+        "EMAIL_LIMIT_PER_CODE_PER_HOUR": "100000",
+        "EMAIL_LIMIT_PER_RECIPIENT_PER_HOUR": "100000",
+    },
+    "redeemer": {"ROTATION_LIMIT_PER_HOUR": "100000"},
+}
+
+
+def merged_env(*envs: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+    """Per-service environments, later ones winning variable by variable."""
+    out: dict[str, dict[str, str]] = {}
+    for env in envs:
+        for service, values in env.items():
+            out.setdefault(service, {}).update(values)
+    return out
+
 
 @dataclass
 class ServiceProcess:

@@ -10,25 +10,21 @@ from typing import Any
 
 import pytest
 
-from scanner_auth.devstack import Stack, System
+from scanner_auth.devstack import LOAD_QUOTAS, Stack, System, merged_env
 
 # Of many concurrent redemptions of one code exactly one may succeed (the contract): the
 # replicated stack proves it over both redeemers with 50 attempts from one scanner, so the
 # brute-force lockouts (5 failures per serial number, 30 per address) would answer most of them
 # 429 before the race is judged. They are raised there, as in the redeemer's own race test
 # (services/redeemer/tests/test_redeem.py, NO_THROTTLE); the load of tests/faults keeps them.
-REPLICATED_ENV: dict[str, dict[str, str]] = {
-    "redeemer": {"SERIAL_LOCKOUT_FAILURES": "1000", "ADDRESS_LOCKOUT_FAILURES": "1000"},
-}
-# test_graceful_shutdown.py emails one code to one address every 0.25 s through a restart: the
-# hourly email quotas (5 per code, 10 per address) would answer it 429. Raised here; the
-# quotas themselves are tested in services/token-issuer/tests/test_limits.py and tests/security.
-SYSTEM_ENV: dict[str, dict[str, str]] = {
-    "token-issuer": {
-        "EMAIL_LIMIT_PER_CODE_PER_HOUR": "100000",
-        "EMAIL_LIMIT_PER_RECIPIENT_PER_HOUR": "100000",
-    },
-}
+# The replica tests also email one code many times: the quotas raised too.
+REPLICATED_ENV = merged_env(
+    LOAD_QUOTAS,
+    {"redeemer": {"SERIAL_LOCKOUT_FAILURES": "1000", "ADDRESS_LOCKOUT_FAILURES": "1000"}},
+)
+# test_graceful_shutdown.py emails one code to one address every 0.25 s and rotates a
+# credential in a loop through a restart: above the hourly quotas.
+SYSTEM_ENV = merged_env(LOAD_QUOTAS)  # a copy: a Stack adds to its extra_env
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,14 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from scanner_auth.devstack import SERVICE_ORDER, ServiceProcess, Stack, System
+from scanner_auth.devstack import (
+    LOAD_QUOTAS,
+    SERVICE_ORDER,
+    ServiceProcess,
+    Stack,
+    System,
+    merged_env,
+)
 from scanner_auth_shared.events import (
     DIRECTORY_TOPIC,
     NOTIFICATIONS_TOPIC,
@@ -76,14 +83,6 @@ FAST_ENV: dict[str, dict[str, str]] = {
         "SENDER_POLL_SECONDS": "0.5",
     },
 }
-
-
-def merged_env(*envs: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
-    out: dict[str, dict[str, str]] = {}
-    for env in envs:
-        for service, values in env.items():
-            out.setdefault(service, {}).update(values)
-    return out
 
 
 ROTATION_GRACE_SECONDS = 3
@@ -149,7 +148,7 @@ def cluster_rig(private_tmp: Any) -> Iterator[Rig]:
 # The replicated rig: quick retries (FAST_ENV), and a short lease of a send, so that a send cut
 # by SIGKILL ends (NotificationFailed, outcome unknown) within seconds rather than a minute; the
 # lease is still longer than SMTP_TIMEOUT_SECONDS (10), as it must be.
-REPLICATED_ENV = merged_env(FAST_ENV, {"notifier": {"LEASE_SECONDS": "15"}})
+REPLICATED_ENV = merged_env(FAST_ENV, LOAD_QUOTAS, {"notifier": {"LEASE_SECONDS": "15"}})
 
 
 @pytest.fixture(scope="module")

@@ -198,7 +198,8 @@ async def test_a_replayed_token_email_request_mails_nobody_else(rig: Rig) -> Non
     [record] = [
         r
         for r in await read_topic(rig.bootstrap, NOTIFICATIONS_TOPIC, timeout=15)
-        if notification_id.encode() in r.value and b'"TokenEmailRequested"' in r.value
+        # Other suites on this stack leave tombstones (no value) on the topic.
+        if r.value and notification_id.encode() in r.value and b'"TokenEmailRequested"' in r.value
     ]
     genuine = CloudEvent.from_bytes(record.value)
     signature = list(record.headers)
