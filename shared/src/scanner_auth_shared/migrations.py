@@ -8,6 +8,7 @@ migration runs once.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,3 +55,16 @@ def run_env() -> None:
     context.configure(connection=connection, target_metadata=None, transaction_per_migration=True)
     with context.begin_transaction():
         context.run_migrations()
+
+
+def executing(statements: Sequence[str]) -> Callable[[], None]:
+    """An alembic `upgrade`/`downgrade` that runs `statements`: a migration every service has
+    (0002, the messaging tables' retention) is one line in each, its DDL written once."""
+
+    def run() -> None:
+        from alembic import op
+
+        for statement in statements:
+            op.execute(statement)
+
+    return run

@@ -84,6 +84,16 @@ MESSAGING_RETENTION_DDL = (
     )
     """,
 )
+# What undoes it (migration 0002's downgrade).
+MESSAGING_RETENTION_UNDO_DDL = (
+    "DROP INDEX IF EXISTS processed_events_age",
+    """
+    ALTER TABLE outbox RESET (
+        autovacuum_vacuum_scale_factor, autovacuum_vacuum_threshold,
+        autovacuum_vacuum_insert_scale_factor, autovacuum_vacuum_insert_threshold
+    )
+    """,
+)
 
 _PURGE_PROCESSED = """
     DELETE FROM processed_events
