@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -314,6 +315,8 @@ class Bench:
         self._floor_partitions = 0
         self._admin_jwt = ""
         self._codes: list[tuple[str, tuple[str, str]]] = []  # issued, not yet redeemed
+        self._counters: dict[str, Any] = {}  # database -> asyncpg connection (`count`)
+        self._counter_loop: asyncio.AbstractEventLoop | None = None
         self._capacities: dict[str, dict[str, Any]]
 
     # ---------------------------------------------------------------------------- life
@@ -342,9 +345,24 @@ class Bench:
             for name in FIGURES:
                 if name in self.figures:
                     log(f"figure group: {name}")
-                    getattr(self, name)()
+                    try:
+                        getattr(self, name)()
+                    except Exception as exc:  # the other groups' figures still count
+                        log(f"figure group {name} failed: {traceback.format_exc()}")
+                        self.results.append(
+                            Figure(
+                                f"{name}_failed",
+                                f"figure group {name}",
+                                f"failed: {type(exc).__name__}: {str(exc)[:200]}",
+                                "",
+                                "",
+                                False,
+                                {"traceback": traceback.format_exc()},
+                            )
+                        )
         finally:
             log("stopping everything")
+            self._close_counters()
             self.stack.stop()
 
     def _start_services(self, names: set[str], timeout: float = 120) -> None:
@@ -368,6 +386,26 @@ class Bench:
 
     def database(self, service: str) -> str:
         return self.stack.services[service].env["DATABASE_URL"]
+
+    def count(self, database: str, query: str) -> int:
+        """One integer from a service's database on a connection kept open: polling through
+        psql would fork a PostgreSQL backend per poll, CPU the system figures would count."""
+        if self._counter_loop is None:
+            self._counter_loop = asyncio.new_event_loop()
+        loop = self._counter_loop
+        conn = self._counters.get(database)
+        if conn is None:
+            dsn = asyncpg_dsn(self.database(database.replace("_", "-")))
+            conn = self._counters[database] = loop.run_until_complete(asyncpg.connect(dsn))
+        return int(loop.run_until_complete(conn.fetchval(query)) or 0)
+
+    def _close_counters(self) -> None:
+        if self._counter_loop is not None:
+            for conn in self._counters.values():
+                with contextlib.suppress(Exception):
+                    self._counter_loop.run_until_complete(conn.close())
+            self._counter_loop.close()
+        self._counters, self._counter_loop = {}, None
 
     def sql(self, database: str, query: str) -> str:
         assert self.stack.postgres is not None
@@ -807,7 +845,7 @@ class Bench:
 
         def known(database: str) -> bool:
             query = "SELECT count(*) FROM scanners WHERE scanner_id LIKE 'bench-%'"
-            return int(self.sql(database, query) or 0) >= total
+            return self.count(database, query) >= total
 
         wait_until(lambda: known("token_issuer"), 120, "the token-issuer knows the scanners")
         wait_until(lambda: known("redeemer"), 120, "the redeemer knows the scanners")
@@ -864,9 +902,10 @@ class Bench:
         for database, table in watched:
             query = f"SELECT count(DISTINCT scanner_id) FROM {table} WHERE scanner_id IN ({ids})"
             wait_until(
-                lambda q=query, d=database: int(self.sql(d, q) or 0) >= len(scanners),
+                lambda q=query, d=database: self.count(d, q) >= len(scanners),
                 120,
                 f"the {database} knows the tokens",
+                every=0.1,
             )
 
     # ---------------------------------------------------------------------------- journeys
@@ -1355,9 +1394,7 @@ class Bench:
         counts = {}
         for database, consumer in self.FAN_OUT:
             where = f" WHERE consumer = '{consumer}'" if consumer else ""
-            counts[database] = int(
-                self.sql(database, f"SELECT count(*) FROM processed_events{where}") or 0
-            )
+            counts[database] = self.count(database, f"SELECT count(*) FROM processed_events{where}")
         return counts
 
     def _wait_fan_out(self, before: dict[str, int], events: int) -> None:
@@ -1365,7 +1402,7 @@ class Bench:
             now = self._processed_counts()
             return all(now[d] - before[d] >= events for d in before)
 
-        wait_until(done, 180, f"the fan-out of {events} ScannerAuthorised", every=0.05)
+        wait_until(done, 180, f"the fan-out of {events} ScannerAuthorised", every=0.1)
 
     def _roots(self) -> dict[str, int]:
         """The process tree roots of the system: every service, PostgreSQL, the broker."""
