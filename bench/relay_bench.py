@@ -87,7 +87,9 @@ async def main() -> None:
     )
     relay = runtime.use_outbox_relay()
     # The same relay without the producer: one faststream publish per row (its fallback).
-    per_row = OutboxRelay(relay.dsn, relay.send, service="bench-relay", producer=None)
+    per_row = OutboxRelay(
+        relay.database, relay.send, service="bench-relay", producer=None, signer=relay.signer
+    )
     if args.batch_size:
         relay.batch_size = per_row.batch_size = args.batch_size
     dsn = asyncpg_dsn(args.database_url)

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -55,7 +56,7 @@ from scanner_auth_shared.events import (
     new_event,
 )
 from scanner_auth_shared.infra import Mail, free_port
-from scanner_auth_shared.kafka_broker import ApacheKafka, run_tool
+from scanner_auth_shared.kafka_broker import ApacheKafka, KafkaUnavailable, run_tool
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
@@ -84,6 +85,12 @@ class Profile:
     relay_sizes: tuple[int, ...]
     gate_sizes: tuple[int, ...]
     producer_records: int = 200_000  # Kafka's ProducerPerformance, 1 KiB records, acks=all
+    gate_samples: int = 200  # redeem -> gate journeys
+    step_seconds: float = 2.0  # capacity: measured seconds of one open-loop step
+    step_warmup: float = 0.5  # capacity: warm-up seconds of a step, excluded
+    bisections: int = 2  # capacity: steps after the first failed doubling
+    max_rate: float = 4096.0  # capacity: the search stops doubling here
+    flat_rows: int = 1_000_000  # rows in every table on the path for the *_flat_1m figures
 
 
 PROFILES = {
@@ -100,6 +107,8 @@ PROFILES = {
         rate_warmup=1,
         relay_sizes=(5_000, 20_000),
         gate_sizes=(100_000, 1_000_000),
+        step_seconds=3.0,
+        bisections=3,
     ),
     "quick": Profile(
         "quick",
@@ -130,14 +139,26 @@ PROFILES = {
         relay_sizes=(1_000,),
         gate_sizes=(5_000,),
         producer_records=5_000,
+        gate_samples=2,
+        step_seconds=0.3,
+        step_warmup=0.1,
+        bisections=0,
+        max_rate=20.0,
+        flat_rows=1_000,
     ),
 }
-FIGURES = ("ingest", "journeys", "rates", "relay", "gate")
+FIGURES = ("ingest", "producers", "journeys", "rates", "capacity", "flat", "relay", "gate")
+EVERY_SERVICE = {"token-issuer", "redeemer", "scan-ingest", "notifier"}
 NEEDS = {  # the services each figure group starts
     "ingest": {"scan-ingest"},
-    "journeys": {"token-issuer", "redeemer", "scan-ingest", "notifier"},
+    "producers": {"scan-ingest"},
+    "journeys": EVERY_SERVICE,
     "rates": {"token-issuer", "redeemer"},
+    # With its fan-out: the consumers of TokenIssued and ScannerAuthorised run and are counted.
+    "capacity": EVERY_SERVICE,
+    "flat": EVERY_SERVICE,
 }
+CAPACITY_P99_MS = 50.0  # a rate is served when its p99 is within this
 
 
 @dataclass
@@ -225,9 +246,13 @@ def machine() -> dict[str, Any]:
 
 
 class FloorServer:
-    """bench/floor_server.py as a process: scan-ingest's server with an empty handler."""
+    """bench/floor_server.py as a process: scan-ingest's server with an empty handler (or
+    another floor app of bench/: `script`)."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path, script: str = "floor_server.py"
+    ) -> None:
+        self.script = script
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**env, "HTTP_PORT": str(self.port)}
@@ -235,14 +260,20 @@ class FloorServer:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> FloorServer:
+        self.launch()
+        self.wait_ready()
+        return self
+
+    def launch(self) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "floor_server.py")],
+            [sys.executable, str(HERE / self.script)],
             env={**os.environ, **self.env},
-            stdout=open(self.log_path, "ab"),
+            stdout=open(self.log_path, "ab"),  # noqa: SIM115 (the child holds it)
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
+    def wait_ready(self, timeout: float = 120) -> None:
         def ready() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
@@ -252,8 +283,7 @@ class FloorServer:
             except httpx.HTTPError:
                 return False
 
-        wait_until(ready, 60, "floor server ready")
-        return self
+        wait_until(ready, timeout, f"{self.script} ready")
 
     def __exit__(self, *_: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -288,13 +318,32 @@ class Bench:
         self.mail_times: list[tuple[float, Mail]] = []
         self._floor_partitions = 0
         self._admin_jwt = ""
+        self._codes: list[tuple[str, tuple[str, str]]] = []  # issued, not yet redeemed
+        self._counters: dict[str, Any] = {}  # database -> asyncpg connection (`count`)
+        self._counter_loop: asyncio.AbstractEventLoop | None = None
+        self._step_started = time.monotonic()
+        self._idle_per_s: dict[str, float] = {}
+        self._capacities: dict[str, dict[str, Any]]
 
     # ---------------------------------------------------------------------------- life
 
     def run(self) -> None:
         services = set().union(*(NEEDS.get(f, set()) for f in self.figures))
         log(f"starting the infrastructure and {', '.join(sorted(services)) or 'no service'}")
-        self.stack.start_infrastructure()
+        try:
+            self.stack.start_infrastructure()
+        except KafkaUnavailable:
+            # A JIT-compiling Kafka JVM on a crowded machine can miss the start's 120 s: once
+            # more, from a fresh folder.
+            log("Kafka did not start in time: once more")
+            self.stack.stop()
+            self.root = self.root / "again"
+            self.stack = Stack(
+                self.root,
+                kafka="tansu" if self.kafka == "tansu" else "apache",
+                kafka_fast_jit=False,
+            )
+            self.stack.start_infrastructure()
         try:
             if services:
                 self._start_services(services)
@@ -302,9 +351,24 @@ class Bench:
             for name in FIGURES:
                 if name in self.figures:
                     log(f"figure group: {name}")
-                    getattr(self, name)()
+                    try:
+                        getattr(self, name)()
+                    except Exception as exc:  # the other groups' figures still count
+                        log(f"figure group {name} failed: {traceback.format_exc()}")
+                        self.results.append(
+                            Figure(
+                                f"{name}_failed",
+                                f"figure group {name}",
+                                f"failed: {type(exc).__name__}: {str(exc)[:200]}",
+                                "",
+                                "",
+                                False,
+                                {"traceback": traceback.format_exc()},
+                            )
+                        )
         finally:
             log("stopping everything")
+            self._close_counters()
             self.stack.stop()
 
     def _start_services(self, names: set[str], timeout: float = 120) -> None:
@@ -328,6 +392,26 @@ class Bench:
 
     def database(self, service: str) -> str:
         return self.stack.services[service].env["DATABASE_URL"]
+
+    def count(self, database: str, query: str) -> int:
+        """One integer from a service's database on a connection kept open: polling through
+        psql would fork a PostgreSQL backend per poll, CPU the system figures would count."""
+        if self._counter_loop is None:
+            self._counter_loop = asyncio.new_event_loop()
+        loop = self._counter_loop
+        conn = self._counters.get(database)
+        if conn is None:
+            dsn = asyncpg_dsn(self.database(database.replace("_", "-")))
+            conn = self._counters[database] = loop.run_until_complete(asyncpg.connect(dsn))
+        return int(loop.run_until_complete(conn.fetchval(query)) or 0)
+
+    def _close_counters(self) -> None:
+        if self._counter_loop is not None:
+            for conn in self._counters.values():
+                with contextlib.suppress(Exception):
+                    self._counter_loop.run_until_complete(conn.close())
+            self._counter_loop.close()
+        self._counters, self._counter_loop = {}, None
 
     def sql(self, database: str, query: str) -> str:
         assert self.stack.postgres is not None
@@ -414,7 +498,7 @@ class Bench:
                 "ingest_accepted",
                 f"scan-ingest: authorised 1 KiB uploads, Kafka-acked ({main[0]:,} scanners, "
                 f"{main[1]} clients)",
-                0.7,
+                0.6,
             ),
             (
                 "bad",
@@ -518,6 +602,103 @@ class Bench:
                     "floor_p99_ms": floor_["p99_ms"],
                 }
             )
+
+    def producers(self) -> None:
+        """Which Kafka client for scan-ingest's uploads (bench/producer_floor.py): 1 KiB records,
+        acks=all, the 202 after the acknowledgement; aiokafka's send(), aiokafka through
+        scan-ingest's record batches, librdkafka. Each against the empty-handler floor, with wrk,
+        alternating, in the same run."""
+        p = self.p
+        assert self.stack.broker is not None
+        topic = "bench.producer-floor"
+        asyncio.run(_create_like(self.stack.broker.bootstrap, topic))
+        wrk = Wrk(self.root)
+        creds = wrk.credentials_file("producers", [generate_credential() for _ in range(2000)])
+        env = self.stack.services["scan-ingest"].env
+        kinds = ("aiokafka", "aiokafka-batches", "confluent")
+        runs: dict[str, list[dict[str, float]]] = {k: [] for k in ("floor", *kinds)}
+        servers: dict[str, FloorServer] = {}
+        with contextlib.ExitStack() as stack:
+            servers["floor"] = FloorServer(env, self.root / "logs" / "bench-floor-producers.log")
+            for kind in kinds:
+                servers[kind] = FloorServer(
+                    {**env, "PRODUCER": kind, "PRODUCER_TOPIC": topic},
+                    self.root / "logs" / f"bench-producer-{kind}.log",
+                    script="producer_floor.py",
+                )
+            for server in servers.values():  # started together: each takes a while to import
+                stack.callback(server.__exit__)
+                server.launch()
+            for server in servers.values():
+                server.wait_ready()
+            for n in range(p.runs):
+                for kind, server in servers.items():
+                    assert server.proc is not None
+                    log(f"producers run {n + 1}/{p.runs}: {kind}")
+                    wrk.run(server.url, creds, connections=p.main_clients, seconds=p.warmup)
+                    roots = {kind: server.proc.pid, **self._broker_roots()}
+                    before = tree_cpu_seconds(roots)
+                    result = wrk.run(
+                        server.url, creds, connections=p.main_clients, seconds=p.seconds
+                    )
+                    after = tree_cpu_seconds(roots)
+                    spent = {k: after[k] - before[k] for k in after}
+                    requests = max(1, result.requests)
+                    runs[kind].append(
+                        {
+                            "per_s": result.ok_rate,
+                            "non_2xx": result.non_2xx + result.errors,
+                            "p50_ms": result.p50_ms,
+                            "p99_ms": result.p99_ms,
+                            "cpu_us_per_request": spent[kind] * 1e6 / requests,
+                            "broker_cpu_us_per_request": sum(
+                                v for k, v in spent.items() if k != kind
+                            )
+                            * 1e6
+                            / requests,
+                        }
+                    )
+        summary = {
+            kind: {
+                key: median([r[key] for r in these])
+                for key in (
+                    "per_s",
+                    "p50_ms",
+                    "p99_ms",
+                    "cpu_us_per_request",
+                    "broker_cpu_us_per_request",
+                )
+            }
+            | {"runs": these}
+            for kind, these in runs.items()
+        }
+        floor = summary["floor"]["per_s"]
+        for kind in kinds:
+            s = summary[kind]
+            s["ratio"] = s["per_s"] / floor if floor else float("nan")
+        best = max(kinds, key=lambda k: summary[k]["per_s"])
+        other = summary["aiokafka-batches"]["per_s"]
+        self.results.append(
+            Figure(
+                "ingest_producers",
+                f"Kafka producer for the uploads (1 KiB, acks=all, 202 after the ack, "
+                f"{p.main_clients} clients): aiokafka send() / aiokafka record batches "
+                "(scan-ingest's) / confluent-kafka",
+                " / ".join(
+                    f"{summary[k]['per_s']:,.0f} req/s ({summary[k]['cpu_us_per_request']:.0f} µs)"
+                    for k in kinds
+                ),
+                f"empty handler {floor:,.0f} req/s; ratios "
+                + " / ".join(f"{summary[k]['ratio']:.2f}" for k in kinds)
+                + f"; best {best}, {summary[best]['per_s'] / other:.2f} x scan-ingest's batches",
+                "—",
+                None,
+                {"producers": summary, "best": best, "topic": topic},
+            )
+        )
+
+    def _broker_roots(self) -> dict[str, int]:
+        return {k: v for k, v in self._roots().items() if k.startswith(("kafka", "tansu"))}
 
     def _kafka_producer_floor(self) -> dict[str, float]:
         """`kafka-producer-perf-test` (ProducerPerformance, from the broker's own jars) against
@@ -670,27 +851,37 @@ class Bench:
 
         def known(database: str) -> bool:
             query = "SELECT count(*) FROM scanners WHERE scanner_id LIKE 'bench-%'"
-            return int(self.sql(database, query) or 0) >= total
+            return self.count(database, query) >= total
 
         wait_until(lambda: known("token_issuer"), 120, "the token-issuer knows the scanners")
         wait_until(lambda: known("redeemer"), 120, "the redeemer knows the scanners")
         return scanners
 
     async def _publish(self, events: list[EventData]) -> None:
+        """Directory events as MyScanner's directory publishes them: signed with its (test)
+        key, which the services check (`testing.signing`, as `scanner-auth dev` configures)."""
         from aiokafka import AIOKafkaProducer
+
+        from scanner_auth_shared.testing.signing import signer
 
         assert self.stack.broker is not None
         producer = AIOKafkaProducer(
             bootstrap_servers=self.stack.broker.bootstrap, acks="all", enable_idempotence=False
         )
+        directory = signer("directory")
         await producer.start()
         try:
             futures = []
             for data in events:
                 event = new_event(data, source="myscanner/directory")
+                key = (event.subject or "").encode()
+                value = event.to_bytes()
                 futures.append(
                     await producer.send(
-                        DIRECTORY_TOPIC, event.to_bytes(), key=(event.subject or "").encode()
+                        DIRECTORY_TOPIC,
+                        value,
+                        key=key,
+                        headers=[directory.header(DIRECTORY_TOPIC, key, value)],
                     )
                 )
             await asyncio.gather(*futures)
@@ -717,9 +908,10 @@ class Bench:
         for database, table in watched:
             query = f"SELECT count(DISTINCT scanner_id) FROM {table} WHERE scanner_id IN ({ids})"
             wait_until(
-                lambda q=query, d=database: int(self.sql(d, q) or 0) >= len(scanners),
+                lambda q=query, d=database: self.count(d, q) >= len(scanners),
                 120,
                 f"the {database} knows the tokens",
+                every=0.1,
             )
 
     # ---------------------------------------------------------------------------- journeys
@@ -737,9 +929,13 @@ class Bench:
         sink._keep = timed_keep  # type: ignore[method-assign]
 
     def journeys(self) -> None:
-        n = self.p.samples
+        self._to_gate("redeem_to_gate", "")
+        self._to_smtp()
+
+    def _to_gate(self, key: str, context: str) -> None:
+        """Redeem 201 → the gate accepts that scanner, `gate_samples` journeys one at a time."""
+        n = self.p.gate_samples
         gate_scanners = self._register(n, "j")
-        mail_scanners = self._register(3, "m")
         issuer = httpx.Client(
             base_url=self.service("token-issuer"),
             timeout=30,
@@ -748,10 +944,9 @@ class Bench:
         redeemer = httpx.Client(base_url=self.service("redeemer"), timeout=30)
         ingest = httpx.Client(base_url=self.service("scan-ingest"), timeout=30)
         try:
-            codes = {sid: self._issue(issuer, sid) for sid, _ in gate_scanners + mail_scanners}
-            self._wait_tokens(gate_scanners + mail_scanners, notifier=True)
-
-            log(f"redeem 201 -> the gate accepts: {n} samples")
+            codes = {sid: self._issue(issuer, sid) for sid, _ in gate_scanners}
+            self._wait_tokens(gate_scanners, notifier=True)
+            log(f"redeem 201 -> the gate accepts: {n} samples{context}")
             to_gate = []
             answered_at = []  # wall clock of each 201, to split the journey (below)
             for i, (sid, serial) in enumerate(gate_scanners):
@@ -774,19 +969,6 @@ class Bench:
                         raise RuntimeError(f"upload after redeem: {status}")
                     time.sleep(0.002)
                 time.sleep(0.05)  # one journey at a time: latency, not throughput
-
-            log(f"email requested (202) -> SMTP 250: {n} samples")
-            to_smtp = []
-            for i in range(n):
-                sid = mail_scanners[i % len(mail_scanners)][0]
-                seen = len(self.mail_times)
-                r = issuer.post(f"/v1/scanners/{sid}/authorisation-token/email", json={})
-                if r.status_code != 202:
-                    raise RuntimeError(f"email: {r.status_code} {r.text[:200]}")
-                answered = time.perf_counter()
-                wait_until(lambda s=seen: len(self.mail_times) > s, 30, "the email", every=0.001)
-                to_smtp.append((self.mail_times[seen][0] - answered) * 1000)
-                time.sleep(0.05)
         finally:
             issuer.close()
             redeemer.close()
@@ -798,7 +980,8 @@ class Bench:
         started = self.sql(
             "scan_ingest",
             "SELECT string_agg(extract(epoch FROM processed_at)::text, ',' ORDER BY processed_at) "
-            "FROM processed_events WHERE consumer = 'scan-ingest.gate'",
+            "FROM (SELECT processed_at FROM processed_events WHERE consumer = 'scan-ingest.gate' "
+            f"AND processed_at <= now() ORDER BY processed_at DESC LIMIT {n}) AS last",
         )
         split: dict[str, list[float]] = {}
         writer_starts = [float(x) for x in started.split(",")][-n:] if started else []
@@ -815,22 +998,66 @@ class Bench:
                     f"{k} {percentile(v, 50):.0f}/{percentile(v, 99):.0f}" for k, v in split.items()
                 )
             )
-        for key, label, samples, bound in (
-            ("redeem_to_gate", "redeem 201 → the gate accepts that scanner", to_gate, 100),
-            ("email_to_smtp", "email requested (202) → SMTP 250", to_smtp, 250),
-        ):
-            p99 = percentile(samples, 99)
-            self.results.append(
-                Figure(
-                    key,
-                    f"{label} ({len(samples)} journeys, one at a time)",
-                    f"p50 {percentile(samples, 50):.0f} ms, p99 {p99:.0f} ms",
-                    "",
-                    f"p99 ≤ {bound} ms",
-                    p99 <= bound,
-                    {"ms": samples, **(split if key == "redeem_to_gate" else {})},
-                )
+        p99 = percentile(to_gate, 99)
+        self.results.append(
+            Figure(
+                key,
+                f"redeem 201 → the gate accepts that scanner ({len(to_gate)} journeys, one at a "
+                f"time{context})",
+                f"p50 {percentile(to_gate, 50):.0f} ms, p99 {p99:.0f} ms"
+                + (
+                    f" (to the gate writer p50 {percentile(split['to_gate_writer_ms'], 50):.0f}"
+                    f" / p99 {percentile(split['to_gate_writer_ms'], 99):.0f} ms, then to the 202"
+                    f" {percentile(split['gate_writer_to_202_ms'], 50):.0f}"
+                    f" / {percentile(split['gate_writer_to_202_ms'], 99):.0f} ms)"
+                    if split
+                    else ""
+                ),
+                "",
+                "p99 ≤ 100 ms",
+                p99 <= 100 and len(to_gate) >= min(200, n),
+                {"ms": to_gate, **split},
             )
+        )
+
+    def _to_smtp(self) -> None:
+        n = self.p.samples
+        mail_scanners = self._register(3, "m")
+        issuer = httpx.Client(
+            base_url=self.service("token-issuer"),
+            timeout=30,
+            headers={"Authorization": f"Bearer {self.admin_jwt()}"},
+        )
+        try:
+            for sid, _ in mail_scanners:
+                self._issue(issuer, sid)
+            self._wait_tokens(mail_scanners, notifier=True)
+            log(f"email requested (202) -> SMTP 250: {n} samples")
+            to_smtp = []
+            for i in range(n):
+                sid = mail_scanners[i % len(mail_scanners)][0]
+                seen = len(self.mail_times)
+                r = issuer.post(f"/v1/scanners/{sid}/authorisation-token/email", json={})
+                if r.status_code != 202:
+                    raise RuntimeError(f"email: {r.status_code} {r.text[:200]}")
+                answered = time.perf_counter()
+                wait_until(lambda s=seen: len(self.mail_times) > s, 30, "the email", every=0.001)
+                to_smtp.append((self.mail_times[seen][0] - answered) * 1000)
+                time.sleep(0.05)
+        finally:
+            issuer.close()
+        p99 = percentile(to_smtp, 99)
+        self.results.append(
+            Figure(
+                "email_to_smtp",
+                f"email requested (202) → SMTP 250 ({len(to_smtp)} journeys, one at a time)",
+                f"p50 {percentile(to_smtp, 50):.0f} ms, p99 {p99:.0f} ms",
+                "",
+                "p99 ≤ 250 ms",
+                p99 <= 250,
+                {"ms": to_smtp},
+            )
+        )
 
     # ---------------------------------------------------------------------------- rates
 
@@ -922,6 +1149,433 @@ class Bench:
                     },
                 )
             )
+
+    # ---------------------------------------------------------------------------- capacity
+
+    def capacity(self) -> None:
+        """`issue_capacity`, `redeem_capacity`: the highest open-loop rate served with p99 ≤
+        50 ms, each next to `capacity_floor` (bench/capacity_floor.py, the same search), and the
+        whole system's CPU per request at that rate (every service, PostgreSQL, the broker)."""
+        # What the system burns doing nothing (pollers, the JVM, the relays' waits): the steps'
+        # CPU also reports net of it (`cpu_ms_per_request_net`), the window being long at low rates.
+        before, t0 = self._system_cpu(), time.monotonic()
+        time.sleep(3)
+        spent = self._system_cpu(since=before)
+        self._idle_per_s = {k: v / (time.monotonic() - t0) for k, v in spent.items()}
+        log(f"idle system CPU: {sum(self._idle_per_s.values()) * 1000:.0f} ms/s")
+        floor_env = self.stack.services["redeemer"].env
+        with FloorServer(
+            floor_env, self.root / "logs" / "bench-capacity-floor.log", script="capacity_floor.py"
+        ) as floor:
+            assert floor.proc is not None
+            floor_cap = self._search("capacity floor", lambda r: self._floor_step(floor, r))
+        issue_cap = self._search("token issue", self._issue_step)
+        redeem_cap = self._search("redeem", self._redeem_step)
+        self._capacities = {"floor": floor_cap, "issue": issue_cap, "redeem": redeem_cap}
+        self.results.append(self._capacity_figure("capacity_floor", "capacity floor", floor_cap))
+        for key, label, found in (
+            ("issue_capacity", "token issue", issue_cap),
+            ("redeem_capacity", "redeem", redeem_cap),
+        ):
+            self.results.append(self._capacity_figure(key, label, found, floor_cap))
+
+    def _capacity_figure(
+        self, key: str, label: str, found: dict[str, Any], floor: dict[str, Any] | None = None
+    ) -> Figure:
+        rate = found["capacity_per_s"]
+        best = found.get("at_capacity") or {}
+        cpu = best.get("cpu_ms_per_request", {})
+        total = sum(cpu.values()) if cpu else float("nan")
+        net = sum(best.get("cpu_ms_per_request_net", {}).values()) if cpu else float("nan")
+        split = ", ".join(f"{k} {v:.2f}" for k, v in sorted(cpu.items(), key=lambda kv: -kv[1]))
+        value = (
+            f"{rate:,.0f}/s (p99 {best.get('p99_ms', float('nan')):.0f} ms); system CPU "
+            f"{total:.2f} ms/req, {net:.2f} net of idle ({split})"
+        )
+        if floor is None:
+            return Figure(
+                key,
+                f"{label}: highest open-loop rate with p99 ≤ {CAPACITY_P99_MS:.0f} ms "
+                "(bench/capacity_floor.py: one INSERT a request)",
+                value,
+                "—",
+                "—",
+                None,
+                {**found, "system_cpu_ms_per_request": total, "system_cpu_net_ms": net},
+            )
+        ratio = rate / floor["capacity_per_s"] if floor["capacity_per_s"] else float("nan")
+        cpu_target = 3.0 if key == "redeem_capacity" else None
+        ok = ratio >= 0.5 and (rate >= 1000 or floor["capacity_per_s"] < 2000)
+        if cpu_target is not None:
+            ok = ok and net <= cpu_target
+        return Figure(
+            key,
+            f"{label}: highest open-loop rate with p99 ≤ {CAPACITY_P99_MS:.0f} ms, with its "
+            "fan-out",
+            value,
+            f"{floor['capacity_per_s']:,.0f}/s; ratio {ratio:.2f}",
+            "ratio ≥ 0.5, ≥ 1,000/s where the floor allows"
+            + ("; ≤ 3 ms system CPU/req" if cpu_target else ""),
+            ok,
+            {
+                **found,
+                "floor_per_s": floor["capacity_per_s"],
+                "ratio": ratio,
+                "system_cpu_ms_per_request": total,
+                "system_cpu_net_ms": net,
+                "idle_system_cpu_ms_per_s": {k: v * 1000 for k, v in self._idle_per_s.items()},
+            },
+        )
+
+    def _search(self, what: str, step: Callable[[float], dict[str, Any]]) -> dict[str, Any]:
+        """Double the rate until a step fails, then bisect between the last pass and it."""
+        p = self.p
+        steps: list[dict[str, Any]] = []
+
+        def run(rate: float) -> bool:
+            rate = round(rate)
+            result = step(rate)
+            result["rate"] = rate
+            steps.append(result)
+            log(
+                f"{what} at {rate}/s: p99 {result['p99_ms']:.1f} ms, statuses "
+                f"{result['statuses']}, system CPU {sum(result['cpu_ms_per_request'].values()):.2f}"
+                f" ms/req -> {'served' if result['served'] else 'not served'}"
+            )
+            return bool(result["served"])
+
+        lo, hi = 0.0, 0.0
+        rate = min(50.0, p.max_rate / 2)
+        while rate <= p.max_rate:
+            if run(rate):
+                lo, rate = rate, rate * 2
+            else:
+                hi = rate
+                break
+        if lo == 0:  # not even the first rate: downwards
+            rate = hi / 2
+            while rate >= 5 and not lo:
+                if run(rate):
+                    lo = rate
+                else:
+                    hi, rate = rate, rate / 2
+        for _ in range(p.bisections if lo and hi else 0):
+            if hi / lo < 1.1:
+                break
+            mid = (lo + hi) / 2
+            if run(mid):
+                lo = mid
+            else:
+                hi = mid
+        served = [s for s in steps if s["served"]]
+        best = max(served, key=lambda s: s["rate"]) if served else None
+        return {
+            "capacity_per_s": best["rate"] if best else 0.0,
+            "first_refused_per_s": hi or None,
+            "at_capacity": best,
+            "steps": steps,
+        }
+
+    def _open_loop(self, rate: float, requests: list[dict[str, Any]], warm: int) -> dict[str, Any]:
+        job = {"rate": rate, "patience": 5, "warmup": 0, "requests": requests}
+        out = run_json([sys.executable, str(HERE / "rate_client.py")], stdin=json.dumps(job))
+        results = out["results"]
+        measured = results[warm:]
+        out["measured"] = measured
+        out["p50_ms"] = percentile([r["ms"] for r in measured], 50)
+        out["p99_ms"] = percentile([r["ms"] for r in measured], 99)
+        out["statuses"] = dict(Counter(r["status"] for r in measured))
+        return out
+
+    def _step_size(self, rate: float) -> tuple[int, int]:
+        warm = max(1, int(rate * self.p.step_warmup))
+        return warm, warm + max(10, int(rate * self.p.step_seconds))
+
+    def _step_result(
+        self, out: dict[str, Any], want: int, cpu: dict[str, float], requests: int
+    ) -> dict[str, Any]:
+        window = time.monotonic() - self._step_started
+        idle = self._idle_per_s
+        return {
+            "window_s": window,
+            "cpu_ms_per_request_net": {
+                k: max(0.0, v - idle.get(k, 0.0) * window) * 1000 / max(1, requests)
+                for k, v in cpu.items()
+            },
+            "p50_ms": out["p50_ms"],
+            "p99_ms": out["p99_ms"],
+            "statuses": out["statuses"],
+            "achieved_per_s": out["achieved_rate"],
+            "served_per_s": out["served_rate"],
+            "served": out["p99_ms"] <= CAPACITY_P99_MS and set(out["statuses"]) == {want},
+            "cpu_ms_per_request": {k: v * 1000 / max(1, requests) for k, v in cpu.items()},
+        }
+
+    def _floor_step(self, floor: FloorServer, rate: float) -> dict[str, Any]:
+        assert floor.proc is not None
+        warm, total = self._step_size(rate)
+        requests = [
+            {"method": "POST", "url": f"{floor.url}/v1/floor", "json": {"n": i}}
+            for i in range(total)
+        ]
+        before = self._system_cpu({"capacity-floor": floor.proc.pid})
+        out = self._open_loop(rate, requests, warm)
+        cpu = self._system_cpu({"capacity-floor": floor.proc.pid}, since=before)
+        return self._step_result(out, 201, cpu, total)
+
+    def _issue_step(self, rate: float) -> dict[str, Any]:
+        """Every request for another scanner (no two on one scanner's row lock); the codes are
+        kept for the redeem search. CPU counted until the redeemer and the notifier know the
+        tokens (TokenIssued's fan-out)."""
+        warm, total = self._step_size(rate)
+        scanners = self._register(total, "c")
+        issuer, jwt = self.service("token-issuer"), self.admin_jwt()
+        requests = [
+            {
+                "method": "POST",
+                "url": f"{issuer}/v1/scanners/{sid}/authorisation-token",
+                "headers": {"Authorization": f"Bearer {jwt}"},
+            }
+            for sid, _ in scanners
+        ]
+        before = self._system_cpu()
+        out = self._open_loop(rate, requests, warm)
+        issued = [
+            (json.loads(r["body"])["code"], scanner)
+            for r, scanner in zip(out["results"], scanners, strict=True)
+            if r["status"] == 201
+        ]
+        if issued:
+            self._wait_tokens([s for _, s in issued], notifier=True)
+        cpu = self._system_cpu(since=before)
+        self._codes.extend(issued)
+        return self._step_result(out, 201, cpu, total)
+
+    def _redeem_step(self, rate: float) -> dict[str, Any]:
+        """Every request another code from another address. CPU counted until the token-issuer,
+        scan-ingest's gate writer and the notifier applied every ScannerAuthorised."""
+        warm, total = self._step_size(rate)
+        if len(self._codes) < total:
+            self._top_up_codes(total - len(self._codes))
+        codes, self._codes = self._codes[:total], self._codes[total:]
+        redeemer = self.service("redeemer")
+        requests = [
+            {
+                "method": "POST",
+                "url": f"{redeemer}/v1/authorisations",
+                "json": {"code": code, "serial_number": serial},
+                "headers": {"X-Forwarded-For": f"198.19.{i // 250 % 250}.{i % 250 + 1}"},
+            }
+            for i, (code, (_, serial)) in enumerate(codes)
+        ]
+        counts = self._processed_counts()
+        before = self._system_cpu()
+        out = self._open_loop(rate, requests, warm)
+        ok = sum(1 for r in out["results"] if r["status"] == 201)
+        self._wait_fan_out(counts, ok)
+        cpu = self._system_cpu(since=before)
+        return self._step_result(out, 201, cpu, total)
+
+    def _top_up_codes(self, count: int) -> None:
+        """More issued codes for the redeem search, at a rate the token-issuer serves."""
+        rate = max(
+            20.0,
+            0.8 * getattr(self, "_capacities", {}).get("issue", {}).get("capacity_per_s", 50.0),
+        )
+        log(f"issuing {count} more codes for the redeem search at {rate:.0f}/s")
+        scanners = self._register(count, "c")
+        issuer, jwt = self.service("token-issuer"), self.admin_jwt()
+        job = {
+            "rate": rate,
+            "patience": 60,
+            "warmup": 0,
+            "requests": [
+                {
+                    "method": "POST",
+                    "url": f"{issuer}/v1/scanners/{sid}/authorisation-token",
+                    "headers": {"Authorization": f"Bearer {jwt}"},
+                }
+                for sid, _ in scanners
+            ],
+        }
+        out = run_json([sys.executable, str(HERE / "rate_client.py")], stdin=json.dumps(job))
+        issued = [
+            (json.loads(r["body"])["code"], scanner)
+            for r, scanner in zip(out["results"], scanners, strict=True)
+            if r["status"] == 201
+        ]
+        self._wait_tokens([s for _, s in issued], notifier=True)
+        self._codes.extend(issued)
+
+    FAN_OUT = (  # (database, consumer) that applies each ScannerAuthorised
+        ("scan_ingest", "scan-ingest.gate"),
+        ("token_issuer", None),
+        ("notifier", None),
+    )
+
+    def _processed_counts(self) -> dict[str, int]:
+        counts = {}
+        for database, consumer in self.FAN_OUT:
+            where = f" WHERE consumer = '{consumer}'" if consumer else ""
+            counts[database] = self.count(database, f"SELECT count(*) FROM processed_events{where}")
+        return counts
+
+    def _wait_fan_out(self, before: dict[str, int], events: int) -> None:
+        def done() -> bool:
+            now = self._processed_counts()
+            return all(now[d] - before[d] >= events for d in before)
+
+        wait_until(done, 180, f"the fan-out of {events} ScannerAuthorised", every=0.1)
+
+    def _roots(self) -> dict[str, int]:
+        """The process tree roots of the system: every service, PostgreSQL, the broker."""
+        roots = {
+            name: svc.proc.pid
+            for name, svc in self.stack.services.items()
+            if svc.proc is not None and svc.proc.poll() is None
+        }
+        assert self.stack.postgres is not None
+        pid_file = Path(self.stack.postgres.data_dir) / "postmaster.pid"
+        roots["postgresql"] = int(pid_file.read_text().split()[0])
+        broker = self.stack.broker
+        if isinstance(broker, ApacheKafka):
+            for node in broker.nodes:
+                if node.pid is not None:
+                    roots[f"kafka-{node.node_id}" if len(broker.nodes) > 1 else "kafka"] = node.pid
+        elif getattr(broker, "proc", None) is not None:
+            roots["tansu"] = broker.proc.pid  # type: ignore[union-attr]
+        return roots
+
+    def _system_cpu(
+        self, extra: dict[str, int] | None = None, since: dict[str, float] | None = None
+    ) -> dict[str, float]:
+        """CPU seconds so far of each root's process tree (utime + stime of every living
+        process in it, plus cutime + cstime: its children that exited, e.g. closed PostgreSQL
+        backends); with `since`, the difference."""
+        roots = {**self._roots(), **(extra or {})}
+        now = tree_cpu_seconds(roots)
+        if since is None:
+            self._step_started = time.monotonic()
+            return now
+        return {k: now[k] - since.get(k, 0.0) for k in now}
+
+    # ---------------------------------------------------------------------------- flat
+
+    def flat(self) -> None:
+        """`redeem_flat_1m`, `issue_flat_1m`: the capacity with `flat_rows` rows in every table
+        on the path, divided by the same search with the tables as the capacity group left them
+        (nearly empty); then the redeem → gate journeys with that gate (resync due)."""
+        if not hasattr(self, "_capacities"):
+            self.capacity()
+        empty = self._capacities
+        self._fill_tables(self.p.flat_rows)
+        issue = self._search("token issue, full tables", self._issue_step)
+        redeem = self._search("redeem, full tables", self._redeem_step)
+        rows = self.p.flat_rows
+        for key, label, full, base in (
+            ("issue_flat_1m", "token issue", issue, empty["issue"]),
+            ("redeem_flat_1m", "redeem", redeem, empty["redeem"]),
+        ):
+            ratio = (
+                full["capacity_per_s"] / base["capacity_per_s"]
+                if base["capacity_per_s"]
+                else float("nan")
+            )
+            self.results.append(
+                Figure(
+                    key,
+                    f"{label} capacity with {rows:,} rows in every table on its path / empty",
+                    f"{full['capacity_per_s']:,.0f}/s with {rows:,} rows",
+                    f"{base['capacity_per_s']:,.0f}/s empty; ratio {ratio:.2f}",
+                    "ratio ≥ 0.9",
+                    ratio >= 0.9,
+                    {"rows": rows, "full": full, "empty": base, "ratio": ratio},
+                )
+            )
+        self._to_gate("redeem_to_gate_1m", f", {rows:,} credentials in the gate")
+
+    def _fill_tables(self, rows: int) -> None:
+        """`rows` rows in every table on the issue and redeem paths, straight into each
+        service's database (`INSERT … SELECT generate_series`), then ANALYZE; the gate reloads
+        (NOTIFY '*'), as after a resync."""
+        log(f"filling every table on the path with {rows:,} rows")
+        t0 = time.monotonic()
+        n = rows
+        old = "now() - interval '30 days'"
+        fills = {
+            "token_issuer": [
+                f"INSERT INTO scanners (scanner_id, org_id, serial_number, name, model, registered,"
+                f" authorised, updated_at) SELECT 'fill-' || i, 'org-fill-' || (i % 1000),"
+                f" 'FIL-' || i, 'fill', 'LVS', true, false, {old}"
+                f" FROM generate_series(1, {n}) AS i",
+                f"INSERT INTO tokens (token_id, scanner_id, org_id, code_digest, status,"
+                f" issued_at, issued_by, expires_at, expired_at) SELECT 'fill-' || i,"
+                f" 'fill-' || i, 'org-fill-' || (i % 1000), md5(i::text) || md5((-i)::text),"
+                f" 'expired', {old}, 'u-fill', {old}, {old} FROM generate_series(1, {n}) AS i",
+                f"INSERT INTO audit_log (actor_user_id, actor_org_id, scanner_id, action, at)"
+                f" SELECT 'u-fill', 'org-fill-' || (i % 1000), 'fill-' || i, 'generated', {old}"
+                f" FROM generate_series(1, {n}) AS i",
+                f"INSERT INTO processed_events (consumer, event_id, processed_at)"
+                f" SELECT 'fill', 'fill-' || i, now() FROM generate_series(1, {n}) AS i",
+            ],
+            "redeemer": [
+                f"INSERT INTO scanners (scanner_id, org_id, serial_number, removed, updated_at)"
+                f" SELECT 'fill-' || i, 'org-fill-' || (i % 1000), 'FIL-' || i, false, {old}"
+                f" FROM generate_series(1, {n}) AS i",
+                f"INSERT INTO tokens (token_id, scanner_id, org_id, code_digest, issued_at,"
+                f" expires_at, status, updated_at) SELECT 'fill-' || i, 'fill-' || i,"
+                f" 'org-fill-' || (i % 1000), md5(i::text) || md5((-i)::text), {old}, {old},"
+                f" 'redeemed', {old} FROM generate_series(1, {n}) AS i",
+                f"INSERT INTO scanner_credential_state (scanner_id, updated_at)"
+                f" SELECT 'fill-' || i, {old} FROM generate_series(1, {n}) AS i",
+                f"INSERT INTO credentials (credential_id, scanner_id, org_id, credential_digest,"
+                f" status, issued_at) SELECT 'fill-' || i, 'fill-' || i,"
+                f" 'org-fill-' || (i % 1000), md5(i::text) || md5((-i)::text), 'active', {old}"
+                f" FROM generate_series(1, {n}) AS i",
+                f"INSERT INTO serial_throttle (serial_key, failures, updated_at)"
+                f" SELECT md5('s' || i), 1, now() FROM generate_series(1, {n}) AS i",
+                f"INSERT INTO address_throttle (address, failures, updated_at)"
+                f" SELECT md5('a' || i), ARRAY[now()], now() FROM generate_series(1, {n}) AS i",
+                f"INSERT INTO processed_events (consumer, event_id, processed_at)"
+                f" SELECT 'fill', 'fill-' || i, now() FROM generate_series(1, {n}) AS i",
+            ],
+            "scan_ingest": [
+                f"INSERT INTO gate_credentials (credential_digest, credential_id, scanner_id,"
+                f" org_id, issued_at, state) SELECT sha256(('fill-' || i)::bytea), 'fill-' || i,"
+                f" 'fill-' || i, 'org-fill-' || (i % 200), {old}, 'active'"
+                f" FROM generate_series(1, {n}) AS i",
+                f"INSERT INTO processed_events (consumer, event_id, processed_at)"
+                f" SELECT 'fill', 'fill-' || i, now() FROM generate_series(1, {n}) AS i",
+            ],
+            "notifier": [
+                f"INSERT INTO processed_events (consumer, event_id, processed_at)"
+                f" SELECT 'fill', 'fill-' || i, now() FROM generate_series(1, {n}) AS i",
+            ],
+        }
+
+        async def fill(database: str, statements: list[str]) -> None:
+            service = database.replace("_", "-")
+            conn = await asyncpg.connect(asyncpg_dsn(self.database(service)))
+            try:
+                for statement in statements:
+                    await conn.execute(statement)
+                await conn.execute("ANALYZE")
+                if database == "scan_ingest":
+                    await conn.execute("NOTIFY scan_ingest_gate, '*'")
+            finally:
+                await conn.close()
+
+        async def fill_all() -> None:
+            await asyncio.gather(*(fill(d, s) for d, s in fills.items()))
+
+        asyncio.run(fill_all())
+        ingest = self.service("scan-ingest")
+        wait_until(
+            lambda: metric(ingest, "scan_ingest_gate_credentials") >= rows,
+            300,
+            "the gate reloaded its table",
+        )
+        log(f"tables filled in {time.monotonic() - t0:.0f} s")
 
     # ---------------------------------------------------------------------------- relay, gate
 
@@ -1072,6 +1726,35 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (all its threads) so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(roots: dict[str, int]) -> dict[str, float]:
+    """CPU seconds of each root's process tree (see `Bench._system_cpu`)."""
+    parent: dict[int, int] = {}
+    spent: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid = int(entry)
+        parent[pid] = int(fields[1])
+        spent[pid] = sum(int(f) for f in fields[11:15]) / tick
+    children: dict[int, list[int]] = {}
+    for pid, ppid in parent.items():
+        children.setdefault(ppid, []).append(pid)
+    out = {}
+    for name, root in roots.items():
+        total, todo = 0.0, [root]
+        while todo:
+            pid = todo.pop()
+            total += spent.get(pid, 0.0)
+            todo += children.get(pid, [])
+        out[name] = total
+    return out
 
 
 def accepted_count(url: str) -> float:
