@@ -50,21 +50,25 @@ def forgeries(producer: str, other: str) -> dict[str, Any]:
     }
 
 
-async def send(rig: Rig, topic: str, key: bytes, value: bytes, headers: Headers) -> int:
-    """The offset the broker gave the record."""
+Place = tuple[int, int]
+
+
+async def send(rig: Rig, topic: str, key: bytes, value: bytes, headers: Headers) -> Place:
+    """The partition and offset the broker gave the record (an offset alone names a record
+    only within its partition)."""
     producer = AIOKafkaProducer(bootstrap_servers=rig.bootstrap, acks="all")
     await producer.start()
     try:
         meta = await producer.send_and_wait(topic, value, key=key, headers=headers)
     finally:
         await producer.stop()
-    return int(meta.offset)
+    return int(meta.partition), int(meta.offset)
 
 
 async def publish_forged(
     rig: Rig, forge: Callable[[str], EventData], producer: str, other: str
-) -> dict[str, int]:
-    """Each form of the forgery `forge(form)`, published: form -> offset."""
+) -> dict[str, Place]:
+    """Each form of the forgery `forge(form)`, published: form -> where it landed."""
     out = {}
     for form, sign in forgeries(producer, other).items():
         data = forge(form)
@@ -82,17 +86,20 @@ async def publish_genuine(rig: Rig, data: EventData) -> CloudEvent:
 
 
 async def dead_lettered_as_unverified(
-    rig: Rig, topic: str, consumer: str, offsets: list[int]
+    rig: Rig, topic: str, consumer: str, places: list[Place]
 ) -> None:
-    """Wait until `consumer` has parked the records at `offsets` of `topic`, each `unverified`."""
+    """Wait until `consumer` has parked the records at `places` of `topic`, each `unverified`.
+    Other suites on this stack park records of their own from the same topic, at the same
+    offsets of other partitions."""
 
     async def parked() -> bool:
         found = {}
         for record in await read_topic(rig.bootstrap, dlq_topic(topic), timeout=15):
             h = {k: v.decode() for k, v in record.headers}
             if h.get("x-dlq-consumer") == consumer and h.get("x-dlq-original-topic") == topic:
-                found[int(h["x-dlq-original-offset"])] = h["x-dlq-reason"]
-        wanted = {o: found.get(o) for o in offsets}
+                place = int(h["x-dlq-original-partition"]), int(h["x-dlq-original-offset"])
+                found[place] = h["x-dlq-reason"]
+        wanted = {p: found.get(p) for p in places}
         if any(reason is None for reason in wanted.values()):
             return False
         assert set(wanted.values()) == {"unverified"}, wanted
@@ -124,7 +131,7 @@ async def test_a_forged_scanner_authorised_opens_no_gate(rig: Rig) -> None:
         credential = forged_credentials.setdefault(form, generate_credential())
         return authorised(credential, datetime.now(UTC) + timedelta(days=1))
 
-    offsets = list((await publish_forged(rig, forge, "redeemer", "token-issuer")).values())
+    places = list((await publish_forged(rig, forge, "redeemer", "token-issuer")).values())
     genuine_credential = generate_credential()
     genuine = authorised(genuine_credential, datetime.now(UTC))
     await publish_genuine(rig, genuine)
@@ -134,7 +141,7 @@ async def test_a_forged_scanner_authorised_opens_no_gate(rig: Rig) -> None:
 
     await eventually(gate_open, 60, "the gate opened for the genuine credential")
     for consumer in ("scan-ingest.gate", "token-issuer.authorisations"):
-        await dead_lettered_as_unverified(rig, PUBLIC_TOPIC, consumer, offsets)
+        await dead_lettered_as_unverified(rig, PUBLIC_TOPIC, consumer, places)
     for form, credential in forged_credentials.items():
         answer = await rig.upload(credential, {"scan": form})
         assert answer.status_code == 401, (form, answer.status_code, answer.text)
@@ -210,16 +217,16 @@ async def test_a_replayed_token_email_request_mails_nobody_else(rig: Rig) -> Non
         "recipient_email": attacker,
     }
     replayed = genuine.model_copy(update={"id": uid("evt"), "data": changed}).to_bytes()
-    offsets = [
+    places = [
         await send(rig, NOTIFICATIONS_TOPIC, record.key, replayed, signature),  # old signature
         await send(rig, NOTIFICATIONS_TOPIC, record.key, replayed, []),
     ]
     for form, sign in forgeries("token-issuer", "redeemer").items():
         if form != "unsigned":
             headers = sign(NOTIFICATIONS_TOPIC, record.key, replayed)
-            offsets.append(await send(rig, NOTIFICATIONS_TOPIC, record.key, replayed, headers))
-    as_it_was = await send(rig, NOTIFICATIONS_TOPIC, record.key, record.value, signature)
-    await dead_lettered_as_unverified(rig, NOTIFICATIONS_TOPIC, "notifier.email-requests", offsets)
+            places.append(await send(rig, NOTIFICATIONS_TOPIC, record.key, replayed, headers))
+    _, as_it_was = await send(rig, NOTIFICATIONS_TOPIC, record.key, record.value, signature)
+    await dead_lettered_as_unverified(rig, NOTIFICATIONS_TOPIC, "notifier.email-requests", places)
 
     async def read_past_the_replay() -> bool:
         committed = await rig.committed_offsets(
