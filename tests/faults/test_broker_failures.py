@@ -5,6 +5,9 @@
   drains a backlog of 3,000 `TokenIssued`;
 - one broker (the redeemer's group coordinator) stopped and started again, its data kept, while
   the consumers work through a backlog and the system takes requests;
+- the token-state group's coordinator moved away (its broker stopped) and back (a
+  preferred-leader election, as the cluster's periodic rebalance does): an email after each
+  move is sent (the notifier's read barrier asks for the coordinator again);
 - two brokers down, below `min.insync.replicas`: nothing may be acknowledged (no upload answered
   202), the outboxes keep the events, and everything drains once the brokers are back;
 - the whole cluster SIGKILLed for 30 seconds and started again from its data.
@@ -35,10 +38,12 @@ from fault_kit import (
     Rig,
     Work,
     eventually,
+    kafka_tolerant,
     uid,
     within,
 )
 
+from notifier.consumers import TOKEN_STATES
 from scanner_auth_shared.events import (
     PUBLIC_TOPIC,
     CloudEvent,
@@ -46,6 +51,7 @@ from scanner_auth_shared.events import (
     TokenIssued,
     new_event,
 )
+from scanner_auth_shared.kafka_broker import run_tool
 from scanner_auth_shared.messaging import default_partition
 
 # The backlog test waits for the consumers as long as they progress (10 to 100 events/s on this
@@ -421,6 +427,80 @@ async def test_a_broker_stopped_and_started_again_while_consumers_work(cluster_r
     assert settled.ok, settled
     assert not lost_uploads, f"uploads answered 202 but not on the topic: {lost_uploads}"
     assert 202 in work.uploads.statuses(during), "no upload accepted with two brokers of three"
+
+
+async def test_the_email_barrier_follows_its_group_coordinator_when_it_moves_back(
+    cluster_rig: Rig,
+) -> None:
+    """The notifier's read barrier caches the coordinator of the token-state group. A broker
+    that is no longer it answers NOT_COORDINATOR, which aiokafka's admin client turns into "no
+    offsets" rather than an error: a barrier that kept the broker it cached would then hold
+    every email for good. Here the coordinator is stopped (it moves), started again, and made
+    coordinator again by a preferred-leader election (what the cluster's own rebalance does
+    every `leader.imbalance.check.interval.seconds`): an email after each move is sent."""
+    rig = cluster_rig
+    await elect_preferred_leaders(rig)
+    home = await coordinator_of(rig, TOKEN_STATES.group_id)
+    mailed = iter(await rig.scanners(3, "sc-coord"))
+
+    async def email_sent(what: str) -> float:
+        scanner = next(mailed)
+        await rig.generate(scanner.scanner_id)
+        notification_id = await rig.email(scanner)
+        started = time.monotonic()
+
+        async def sent() -> bool:
+            status = await rig.fetchval(
+                "notifier",
+                "SELECT status FROM notifications WHERE notification_id = $1",
+                notification_id,
+            )
+            return bool(status == "sent")
+
+        await eventually(sent, 60, f"the email {what} sent")
+        return time.monotonic() - started
+
+    first = await email_sent("before any move")  # the barrier has cached `home` now
+    await asyncio.to_thread(rig.kafka.stop_node, home)  # a controlled shutdown: it moves away
+    moved = await coordinator_of(rig, TOKEN_STATES.group_id)
+    progress(f"coordinator {home} stopped; broker {moved} coordinates now")
+    away = await email_sent("with the coordinator moved away")
+    await rig.start_nodes([home])
+    await rig.replicas_in_sync()
+    await elect_preferred_leaders(rig)
+    back = await coordinator_of(rig, TOKEN_STATES.group_id)
+    progress(f"broker {home} back and preferred leader: broker {back} coordinates")
+    assert back == home != moved, (home, moved, back)
+    returned = await email_sent("with the coordinator moved back")
+    report(
+        "the group coordinator moved away and back",
+        coordinator=home,
+        moved_to=moved,
+        email_s={"before": round(first, 1), "away": round(away, 1), "back": round(returned, 1)},
+    )
+
+
+async def coordinator_of(rig: Rig, group_id: str) -> int:
+    async def found() -> int | None:
+        async with rig.kafka_admin() as admin:
+            return await admin.find_coordinator(group_id)
+
+    return int(await eventually(kafka_tolerant(found), 60, f"the coordinator of {group_id}"))
+
+
+async def elect_preferred_leaders(rig: Rig) -> None:
+    """Every partition led by its preferred replica (the first of its replicas), as the
+    cluster's periodic rebalance makes it; partitions led so already are no error."""
+    await asyncio.to_thread(
+        run_tool,
+        "org.apache.kafka.tools.LeaderElectionCommand",
+        "--bootstrap-server",
+        rig.bootstrap,
+        "--election-type",
+        "PREFERRED",
+        "--all-topic-partitions",
+        timeout=120,
+    )
 
 
 async def test_two_brokers_down_nothing_is_acknowledged_and_the_outboxes_keep_the_events(

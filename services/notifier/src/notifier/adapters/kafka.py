@@ -16,8 +16,10 @@ topic: the one Kafka's default partitioner (murmur2) gives its key. `wait_caught
 
 Concurrent waits share their requests: one ListOffsets for every wait that began since the
 last one, and one OffsetFetch per poll for every partition still waited on; the partition
-count and the group's coordinator are cached. Any failure to read (broker unreachable,
-coordinator moving) only delays: the wait returns False at its timeout, never True.
+count and the group's coordinator are cached, the coordinator asked for again after any failure
+and after an answer without the partitions asked for (a coordinator that moved). Any failure
+to read (broker unreachable, coordinator moving) only delays: the wait returns False at its
+timeout, never True.
 """
 
 from __future__ import annotations
@@ -195,6 +197,13 @@ class KafkaReadBarrier:
             for tp, meta in committed.items()
             if tp.topic == self.topic and meta.offset >= 0
         }
+        if partitions - {tp.partition for tp in committed if tp.topic == self.topic}:
+            # The coordinator answers every partition asked for (-1 where none is committed).
+            # A broker that is no longer the group's coordinator answers NOT_COORDINATOR in the
+            # response's top-level error, which aiokafka 0.14 drops: no offsets, no exception.
+            # The coordinator is asked for again next round; else a wait that began after the
+            # coordinator moved (a broker back, leaders rebalanced) would never be reached.
+            self._coordinator = None
         behind = sorted(
             {
                 TopicPartition(self.topic, w.partition)
