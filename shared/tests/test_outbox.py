@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faststream.kafka import KafkaBroker
 
 from scanner_auth_shared.events import CloudEvent, TokenExpired, new_event, utcnow
@@ -186,12 +187,20 @@ async def test_a_broker_outage_delays_events_without_losing_or_reordering_them(
 ):
     kafka = private_kafka  # a broker of its own, to pause
     await _schema(database_url)
+    # The topic made before the first publish: on a fresh broker, auto-creation on a loaded
+    # machine could outlast the first wait, and the pause would then freeze a topic-less broker.
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(TOPIC, num_partitions=1, replication_factor=1)])
+    finally:
+        await admin.close()
     db = Database(database_url)
     await db.connect()
     async with _relay(database_url, kafka.bootstrap, batched=batched) as relay:
         async with db.transaction() as conn:
             await _enqueue(conn, _event("k", 0))
-        await _until(lambda: _count_ge(kafka.bootstrap, 1))
+        assert await _until(lambda: _count_ge(kafka.bootstrap, 1), 30), "t0 before the pause"
         kafka.pause()
         try:
             for i in range(1, 20):
