@@ -8,7 +8,6 @@ from typing import Any
 
 import asyncpg
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faststream.kafka import KafkaBroker
 
 from scanner_auth_shared.events import CloudEvent, TokenExpired, new_event, utcnow
@@ -18,7 +17,7 @@ from scanner_auth_shared.postgres import Connection, Database, asyncpg_dsn
 from scanner_auth_shared.runtime import ServiceRuntime
 from scanner_auth_shared.settings import DatabaseSettings
 from scanner_auth_shared.signing import EventSigner, TrustPolicy, Unverified, new_private_key_text
-from scanner_auth_shared.testing.kafka import read_topic
+from scanner_auth_shared.testing.kafka import create_topic, read_topic
 from scanner_auth_shared.testing.plugin import FAST_CONSUMERS
 from scanner_auth_shared.uow import Outgoing, write_outbox
 
@@ -189,12 +188,7 @@ async def test_a_broker_outage_delays_events_without_losing_or_reordering_them(
     await _schema(database_url)
     # The topic made before the first publish: on a fresh broker, auto-creation on a loaded
     # machine could outlast the first wait, and the pause would then freeze a topic-less broker.
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(TOPIC, num_partitions=1, replication_factor=1)])
-    finally:
-        await admin.close()
+    await create_topic(kafka.bootstrap, TOPIC)
     db = Database(database_url)
     await db.connect()
     async with _relay(database_url, kafka.bootstrap, batched=batched) as relay:

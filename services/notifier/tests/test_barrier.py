@@ -20,6 +20,7 @@ from notifier.adapters.kafka import KafkaReadBarrier
 from notifier.adapters.memory import MemoryReadBarrier
 from notifier.adapters.ports import ReadBarrier
 from scanner_auth_shared.infra import TansuBroker, free_port
+from scanner_auth_shared.testing.kafka import create_topic
 
 # Long enough for the broker's answers on a loaded machine; a wait that must fail takes it.
 CAUGHT_UP = 10.0
@@ -77,10 +78,7 @@ async def _kafka_topic(bootstrap: str) -> AsyncIterator[Topic]:
     """A topic of this test's own with 3 partitions, a group that commits where told, and the
     adapter watching that group."""
     name, group = f"test-barrier-{uuid.uuid4().hex[:8]}", f"test-group-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    await admin.create_topics([NewTopic(name, num_partitions=3, replication_factor=1)])
-    await admin.close()
+    await create_topic(bootstrap, name, partitions=3)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     group_member = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False

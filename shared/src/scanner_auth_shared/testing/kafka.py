@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from ..events import EVENT_TYPES, CloudEvent, EventData, PoisonMessage, new_event
 from .signing import signer
@@ -68,6 +69,17 @@ async def publish_events(
     finally:
         await producer.stop()
     return events
+
+
+async def create_topic(bootstrap: str, name: str, partitions: int = 1) -> None:
+    """A topic of a test's own, made before its first record (not left to auto-creation,
+    which can outlast a test's first wait on a fresh broker)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+    finally:
+        await admin.close()
 
 
 async def topic_partitions(
