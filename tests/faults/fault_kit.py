@@ -469,8 +469,13 @@ class Rig:
         )
 
     async def coordinator_of(self, group_id: str) -> int:
-        async with self.kafka_admin() as admin:
-            return int(await admin.find_coordinator(group_id))
+        """The group's coordinator broker, asked again while the cluster is moving it."""
+
+        async def found() -> int:
+            async with self.kafka_admin() as admin:
+                return int(await admin.find_coordinator(group_id))
+
+        return int(await eventually(kafka_tolerant(found), 60, f"the coordinator of {group_id}"))
 
     async def replicas_in_sync(self, timeout: float = 120) -> float:
         """Until every partition of every topic has a leader and all its replicas in sync;

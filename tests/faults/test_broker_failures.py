@@ -38,7 +38,6 @@ from fault_kit import (
     Rig,
     Work,
     eventually,
-    kafka_tolerant,
     uid,
     within,
 )
@@ -440,7 +439,7 @@ async def test_the_email_barrier_follows_its_group_coordinator_when_it_moves_bac
     every `leader.imbalance.check.interval.seconds`): an email after each move is sent."""
     rig = cluster_rig
     await elect_preferred_leaders(rig)
-    home = await coordinator_of(rig, TOKEN_STATES.group_id)
+    home = await rig.coordinator_of(TOKEN_STATES.group_id)
     mailed = iter(await rig.scanners(3, "sc-coord"))
 
     async def email_sent(what: str) -> float:
@@ -462,13 +461,13 @@ async def test_the_email_barrier_follows_its_group_coordinator_when_it_moves_bac
 
     first = await email_sent("before any move")  # the barrier has cached `home` now
     await asyncio.to_thread(rig.kafka.stop_node, home)  # a controlled shutdown: it moves away
-    moved = await coordinator_of(rig, TOKEN_STATES.group_id)
+    moved = await rig.coordinator_of(TOKEN_STATES.group_id)
     progress(f"coordinator {home} stopped; broker {moved} coordinates now")
     away = await email_sent("with the coordinator moved away")
     await rig.start_nodes([home])
     await rig.replicas_in_sync()
     await elect_preferred_leaders(rig)
-    back = await coordinator_of(rig, TOKEN_STATES.group_id)
+    back = await rig.coordinator_of(TOKEN_STATES.group_id)
     progress(f"broker {home} back and preferred leader: broker {back} coordinates")
     assert back == home != moved, (home, moved, back)
     returned = await email_sent("with the coordinator moved back")
@@ -478,14 +477,6 @@ async def test_the_email_barrier_follows_its_group_coordinator_when_it_moves_bac
         moved_to=moved,
         email_s={"before": round(first, 1), "away": round(away, 1), "back": round(returned, 1)},
     )
-
-
-async def coordinator_of(rig: Rig, group_id: str) -> int:
-    async def found() -> int | None:
-        async with rig.kafka_admin() as admin:
-            return await admin.find_coordinator(group_id)
-
-    return int(await eventually(kafka_tolerant(found), 60, f"the coordinator of {group_id}"))
 
 
 async def elect_preferred_leaders(rig: Rig) -> None:
